@@ -1,0 +1,53 @@
+# Ciphervault: the two commands of the README, and the checks CI runs.
+#   make run    set up and serve on the embedded default (SQLite, filesystem, no broker server)
+#   make test   set up and run the test suite (installs what the suite needs when run as root)
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := requirements/constraints.txt
+PORT ?= 8000
+
+.PHONY: run test lint schema lock clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ciphervault needs Python 3.11 or newer; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.base-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e .
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	@touch $@ $(VENV)/.base-installed
+
+run: $(VENV)/.base-installed
+	$(PY) manage.py serve --port $(PORT)
+
+test: $(VENV)/.dev-installed
+	bash scripts/test-env.sh
+	bash scripts/pytest.sh $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	$(PY) manage.py makemigrations --check --dry-run
+
+# Regenerate the committed OpenAPI schema (the suite fails while it is stale).
+schema: $(VENV)/.dev-installed
+	$(PY) manage.py spectacular --fail-on-warn --validate --file docs/openapi.yaml
+
+# Re-resolve the pinned versions (needs the registries); commit the result.
+lock:
+	rm -rf /tmp/cvault-lock && $(PYTHON) -m venv /tmp/cvault-lock
+	/tmp/cvault-lock/bin/pip install --quiet -e '.[dev,pkcs11,kmip]'
+	( echo "# Pinned versions for every install of Ciphervault (both README commands use it)."; \
+	  echo "# Regenerate with: make lock"; \
+	  /tmp/cvault-lock/bin/pip freeze --exclude-editable | grep -v -i '^ciphervault' ) > $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""The harness entries for every /api/v1/ endpoint. Add one when you add an endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.api.harness import ROLES, Endpoint, Side, World
+from vault.accounts.models import User
+from vault.tenants.models import Membership, Role
+from vault.tokens.models import ApiToken
+from vault.tokens.services import token_create
+
+EVERYONE = frozenset(ROLES)
+READERS = frozenset({Role.OWNER, Role.AUDITOR})
+OWNERS = frozenset({Role.OWNER})
+
+
+def _tenant_is_mine(response: Any, world: World) -> None:
+    assert response.json()["slug"] == world.mine.tenant.slug
+
+
+def _members_are_mine(response: Any, world: World) -> None:
+    emails = {row["email"] for row in response.json()["results"]}
+    assert emails, "the list must hold the caller's members"
+    assert all(
+        email.endswith(f"@{world.mine.tenant.slug}.example") or "new" in email for email in emails
+    )
+    assert not emails & {a.user.email for a in world.other.actors.values()}
+
+
+def _tokens_are_mine(response: Any, world: World) -> None:
+    ids = {row["id"] for row in response.json()["results"]}
+    assert ids, "the list must hold the caller's tokens"
+    assert ids <= set(
+        ApiToken.objects.filter(tenant=world.mine.tenant).values_list("id", flat=True)
+    )
+
+
+def _new_member(world: World, side: Side, role: str) -> int:
+    user = User.objects.create_user(
+        email=world.unique("new-member") + f"@{side.tenant.slug}.example"
+    )
+    return Membership.objects.create(tenant=side.tenant, user=user, role=Role.MEMBER).pk
+
+
+def _own_token(world: World, side: Side, role: str) -> int:
+    caller = side.actors[role]
+    return token_create(
+        tenant=side.tenant, name=world.unique("child"), role=role, parent=caller.token
+    ).token.pk
+
+
+def _new_member_payload(world: World, side: Side, role: str) -> dict[str, Any]:
+    return {"email": world.unique("new") + "@elsewhere.example", "role": "member"}
+
+
+def _token_payload(world: World, side: Side, role: str) -> dict[str, Any]:
+    return {"name": world.unique("token"), "role": role}
+
+
+ENDPOINTS = [
+    Endpoint("v1:tenant", "GET", EVERYONE, 200, check_scope=_tenant_is_mine),
+    Endpoint("v1:member-list", "GET", READERS, 200, check_scope=_members_are_mine),
+    Endpoint("v1:member-list", "POST", OWNERS, 201, payload=_new_member_payload),
+    Endpoint(
+        "v1:member-detail",
+        "GET",
+        READERS,
+        200,
+        make_object=_new_member,
+        still_there=lambda pk: Membership.objects.filter(pk=pk).exists(),
+    ),
+    Endpoint(
+        "v1:member-detail",
+        "PATCH",
+        OWNERS,
+        200,
+        make_object=_new_member,
+        payload=lambda w, s, r: {"role": "auditor"},
+        still_there=lambda pk: Membership.objects.filter(pk=pk, role=Role.MEMBER).exists(),
+    ),
+    Endpoint(
+        "v1:member-detail",
+        "DELETE",
+        OWNERS,
+        204,
+        make_object=_new_member,
+        still_there=lambda pk: Membership.objects.filter(pk=pk).exists(),
+    ),
+    Endpoint("v1:token-list", "GET", EVERYONE, 200, check_scope=_tokens_are_mine),
+    Endpoint(
+        "v1:token-list",
+        "POST",
+        EVERYONE,
+        201,
+        payload=_token_payload,
+        refusals=[
+            (role, {"name": "wider", "role": Role.OWNER}, 403, "role_not_allowed")
+            for role in ROLES
+            if role != Role.OWNER
+        ],
+    ),
+    Endpoint(
+        "v1:token-detail",
+        "GET",
+        EVERYONE,
+        200,
+        make_object=_own_token,
+        still_there=lambda pk: ApiToken.objects.filter(pk=pk).exists(),
+    ),
+    Endpoint(
+        "v1:token-detail",
+        "DELETE",
+        EVERYONE,
+        204,
+        make_object=_own_token,
+        still_there=lambda pk: ApiToken.objects.filter(pk=pk, revoked_at__isnull=True).exists(),
+    ),
+]

@@ -1,0 +1,118 @@
+"""Test set-up shared by the whole suite.
+
+Real components: tests marked ``postgres`` or ``redis`` need those servers (named by
+``DATABASE_URL`` and ``REDIS_URL``). Where a component is missing such tests are skipped, and the
+summary says so loudly. Under ``VAULT_TEST_STRICT=1`` (set by ``make test`` in CI) a skip is a
+failure unless its marker is listed in ``VAULT_TEST_ALLOW_SKIP`` for this pass (the SQLite pass
+allows ``postgres,redis``; the PostgreSQL pass allows nothing).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+
+COMPONENT_MARKERS = ("postgres", "redis")
+
+
+def _available(component: str) -> str | None:
+    """None when the component is there, else why not."""
+    if component == "postgres":
+        engine = settings.DATABASES["default"]["ENGINE"]
+        return None if "postgresql" in engine else "DATABASE_URL does not name a PostgreSQL server"
+    if component == "redis":
+        return None if settings.REDIS_URL else "REDIS_URL is not set"
+    return f"unknown component {component}"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for component in COMPONENT_MARKERS:
+        if item.get_closest_marker(component) is not None:
+            reason = _available(component)
+            if reason is not None:
+                pytest.skip(f"[{component}] {reason}")
+
+
+_skipped: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        reason = (
+            str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        )
+        _skipped.append((report.nodeid, reason))
+
+
+def _allowed_skips() -> set[str]:
+    return {
+        word.strip()
+        for word in os.environ.get("VAULT_TEST_ALLOW_SKIP", "").split(",")
+        if word.strip()
+    }
+
+
+def _disallowed(skips: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    allowed = _allowed_skips()
+    return [(node, why) for node, why in skips if not any(f"[{name}]" in why for name in allowed)]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _skipped:
+        return
+    strict = os.environ.get("VAULT_TEST_STRICT") == "1"
+    bad = _disallowed(_skipped) if strict else []
+    terminalreporter.section("REAL-COMPONENT TESTS SKIPPED", sep="!", red=True, bold=True)
+    terminalreporter.write_line(
+        f"{len(_skipped)} test(s) did not run against a real component; this run proves less."
+    )
+    for node, why in _skipped:
+        terminalreporter.write_line(f"  SKIPPED {node}: {why}")
+    if bad:
+        terminalreporter.write_line(
+            f"VAULT_TEST_STRICT=1: {len(bad)} skip(s) not allowed in this pass "
+            f"(VAULT_TEST_ALLOW_SKIP={os.environ.get('VAULT_TEST_ALLOW_SKIP', '')!r}); "
+            "failing the run.",
+            red=True,
+            bold=True,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("VAULT_TEST_STRICT") == "1" and _disallowed(_skipped) and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def _forget_auth_failures() -> None:
+    if not settings.REDIS_URL:
+        cache.clear()
+        return
+    import redis
+
+    # Not FLUSHDB: the Celery broker shares the server.
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match="*authfail:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """Production hashing is slow on purpose; the tests hash thousands of times."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_failure_counters() -> Iterator[None]:
+    """Failed-authentication counters live in the cache; no test sees another's."""
+    _forget_auth_failures()
+    yield
+    _forget_auth_failures()

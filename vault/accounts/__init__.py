@@ -1,0 +1,1 @@
+"""People: the user model, password policy, sign-in lockout."""

@@ -1,0 +1,1 @@
+"""Cross-cutting pieces of the service: request ids, health, the embedded scheduler."""

@@ -1,0 +1,1 @@
+"""Tenants and memberships: who belongs to which tenant, in which role."""

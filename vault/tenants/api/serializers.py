@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from vault.tenants.models import Membership, Role, Tenant
+
+
+class TenantSerializer(serializers.ModelSerializer[Tenant]):
+    class Meta:
+        model = Tenant
+        fields = ("slug", "name", "is_active", "created_at")
+        read_only_fields = fields
+
+
+class MembershipSerializer(serializers.ModelSerializer[Membership]):
+    email = serializers.EmailField(source="user.email", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields: tuple[str, ...] = ("id", "email", "role", "created_at")
+        read_only_fields: tuple[str, ...] = ("id", "email", "created_at")
+
+
+class MembershipCreateSerializer(serializers.Serializer[Membership]):
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MembershipCreatedSerializer(MembershipSerializer):
+    setup_url = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="For a new user: a one-time link to choose a password; shown only here.",
+    )
+
+    class Meta(MembershipSerializer.Meta):
+        fields = (*MembershipSerializer.Meta.fields, "setup_url")
+        read_only_fields = fields
+
+
+class MembershipUpdateSerializer(serializers.Serializer[Membership]):
+    role = serializers.ChoiceField(choices=Role.choices)

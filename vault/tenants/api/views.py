@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status
+from rest_framework.generics import GenericAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from vault.accounts.services import password_setup_url
+from vault.api.errors import Conflict
+from vault.api.permissions import ALL_ROLES, READERS
+from vault.api.serializers import ErrorSerializer
+from vault.api.views import TenantScopedMixin, TenantScopedViewSet
+from vault.tenants import services
+from vault.tenants.api.serializers import (
+    MembershipCreatedSerializer,
+    MembershipCreateSerializer,
+    MembershipSerializer,
+    MembershipUpdateSerializer,
+    TenantSerializer,
+)
+from vault.tenants.models import Membership, Role
+
+OWNERS = frozenset({Role.OWNER})
+CONFLICT = OpenApiResponse(
+    response=ErrorSerializer,
+    description="The change would leave no owner (`last_owner`), or "
+    "the person is already a member (`already_member`).",
+)
+
+
+class TenantView(TenantScopedMixin, GenericAPIView[Any]):
+    """The caller's tenant."""
+
+    allowed_roles = {"get": ALL_ROLES}
+    serializer_class = TenantSerializer
+
+    def get(self, request: Request) -> Response:
+        return Response(TenantSerializer(self.tenant).data)
+
+
+class MembershipViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    TenantScopedViewSet[Membership],
+):
+    """Members of the caller's tenant. Owners manage them; auditors read them."""
+
+    serializer_class = MembershipSerializer
+    allowed_roles = {
+        "list": READERS,
+        "retrieve": READERS,
+        "create": OWNERS,
+        "partial_update": OWNERS,
+        "destroy": OWNERS,
+    }
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def base_queryset(self) -> QuerySet[Membership]:
+        # Unscoped on purpose: TenantScopedViewSet.get_queryset adds the one tenant filter.
+        return Membership.objects.select_related("user").order_by("user__email", "pk")
+
+    @extend_schema(
+        request=MembershipCreateSerializer,
+        responses={201: MembershipCreatedSerializer, 409: CONFLICT},
+    )
+    def create(self, request: Request) -> Response:
+        incoming = MembershipCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        try:
+            membership, created = services.member_add(
+                tenant=self.tenant,
+                email=incoming.validated_data["email"],
+                role=incoming.validated_data["role"],
+            )
+        except services.AlreadyMember as exc:
+            raise Conflict(str(exc), code=exc.code) from exc
+        data = dict(MembershipSerializer(membership).data)
+        data["setup_url"] = password_setup_url(request, membership.user) if created else None
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=MembershipUpdateSerializer, responses={200: MembershipSerializer, 409: CONFLICT}
+    )
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        membership = self.get_object()
+        incoming = MembershipUpdateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        try:
+            services.member_set_role(membership=membership, role=incoming.validated_data["role"])
+        except services.LastOwner as exc:
+            raise Conflict(str(exc), code=exc.code) from exc
+        return Response(MembershipSerializer(membership).data)
+
+    @extend_schema(responses={204: None, 409: CONFLICT})
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().destroy(request, *args, **kwargs)
+
+    def perform_destroy(self, instance: Any) -> None:
+        try:
+            services.member_remove(membership=instance)
+        except services.LastOwner as exc:
+            raise Conflict(str(exc), code=exc.code) from exc

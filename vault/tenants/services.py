@@ -1,0 +1,86 @@
+"""Writes for tenants and memberships."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from vault.accounts.models import User
+from vault.tenants.models import Membership, Role, Tenant
+
+
+class TenantError(Exception):
+    """Base of the tenant services' errors; ``code`` is the stable API error code."""
+
+    code = "tenant_error"
+
+
+class LastOwner(TenantError):
+    """The change would leave a tenant without an owner."""
+
+    code = "last_owner"
+
+
+class AlreadyMember(TenantError):
+    """The user already holds a membership in this tenant."""
+
+    code = "already_member"
+
+
+def tenant_create(*, slug: str, name: str = "") -> Tenant:
+    """Create a tenant; the slug is validated before anything is written."""
+    tenant = Tenant(slug=slug, name=name or slug)
+    tenant.full_clean()
+    tenant.save()
+    return tenant
+
+
+def user_get_or_create(*, email: str) -> tuple[User, bool]:
+    """Find a user by e-mail, or create one with no usable password yet."""
+    user_model = get_user_model()
+    normalized = user_model.objects.normalize_email(email).lower()
+    user = user_model.objects.filter(email=normalized).first()
+    if user is not None:
+        return user, False
+    return user_model.objects.create_user(email=normalized), True
+
+
+@transaction.atomic
+def member_add(*, tenant: Tenant, email: str, role: str) -> tuple[Membership, bool]:
+    """Add a user (created if new) to a tenant with a role; also say whether the user is new."""
+    if role not in Role.values:
+        raise ValueError(f"unknown role {role!r}")
+    user, created = user_get_or_create(email=email)
+    if Membership.objects.filter(tenant=tenant, user=user).exists():
+        raise AlreadyMember(f"{user.email} is already a member of {tenant.slug}")
+    membership = Membership.objects.create(tenant=tenant, user=user, role=role)
+    return membership, created
+
+
+def _owners_left(membership: Membership) -> int:
+    return (
+        Membership.objects.select_for_update()
+        .filter(tenant_id=membership.tenant_id, role=Role.OWNER)
+        .exclude(pk=membership.pk)
+        .count()
+    )
+
+
+@transaction.atomic
+def member_set_role(*, membership: Membership, role: str) -> Membership:
+    """Change a member's role; a tenant always keeps at least one owner."""
+    if role not in Role.values:
+        raise ValueError(f"unknown role {role!r}")
+    if membership.role == Role.OWNER and role != Role.OWNER and _owners_left(membership) == 0:
+        raise LastOwner("a tenant must keep at least one owner")
+    membership.role = role
+    membership.save(update_fields=["role"])
+    return membership
+
+
+@transaction.atomic
+def member_remove(*, membership: Membership) -> None:
+    """Remove a membership; a tenant always keeps at least one owner."""
+    if membership.role == Role.OWNER and _owners_left(membership) == 0:
+        raise LastOwner("a tenant must keep at least one owner")
+    membership.delete()
