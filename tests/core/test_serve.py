@@ -86,6 +86,13 @@ def test_serve_sets_up_the_demo_tenant_and_prints_a_working_token(tmp_path) -> N
         assert f"http://127.0.0.1:{port}/" in output
         assert "Login: owner@demo.example" in output
         assert re.search(r"^Password: \S{12,}", output, re.M)
+        wait_until(
+            lambda: any(
+                "scheduled task vault.core.clear_expired_sessions ran" in x for x in first.lines
+            ),
+            what="the embedded scheduler to run the session clean-up",
+        )
+        assert not any("failed" in line for line in first.lines)
     finally:
         first.stop()
     others = [line for line in first.lines if not line.startswith("API token: ")]

@@ -50,6 +50,9 @@ class EmbeddedScheduler:
     """Runs the beat schedule in a daemon thread of the serving process."""
 
     def __init__(self, beat_schedule: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        # Outside a Celery worker nothing imports the apps' task modules: import them now, so
+        # every task the schedule names is registered.
+        app.loader.import_default_modules()
         source: Mapping[str, Mapping[str, Any]] = (
             settings.CELERY_BEAT_SCHEDULE if beat_schedule is None else beat_schedule
         )
