@@ -11,6 +11,13 @@ while read -r pkg; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done < requirements/debian-test.txt
 
+is_local() { case "$1" in *@127.0.0.1*|*@localhost*|*://127.0.0.1*|*://localhost*) return 0;; esac; return 1; }
+
+# A pass with a local Redis needs the server binary too (tests start their own to stop it).
+if [ -n "${REDIS_URL:-}" ] && is_local "$REDIS_URL" && ! command -v redis-server >/dev/null; then
+  missing+=(redis-server)
+fi
+
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test-env: installing Debian packages: ${missing[*]}"
@@ -22,8 +29,6 @@ if [ ${#missing[@]} -gt 0 ]; then
          "install them, or expect loud skips." >&2
   fi
 fi
-
-is_local() { case "$1" in *@127.0.0.1*|*@localhost*|*://127.0.0.1*|*://localhost*) return 0;; esac; return 1; }
 
 wait_for() {  # wait_for SECONDS COMMAND...
   local limit=$1; shift

@@ -232,6 +232,8 @@ CSRF_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = PRODUCTION
 CSRF_COOKIE_SECURE = PRODUCTION
 SECURE_SSL_REDIRECT = _ssl_redirect
+# Load balancers probe over plain HTTP; a redirect would read as "down".
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SECURE_HSTS_SECONDS = _hsts_seconds
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _hsts_seconds > 0
 SECURE_HSTS_PRELOAD = _hsts_preload and _hsts_seconds > 0

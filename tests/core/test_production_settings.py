@@ -77,3 +77,22 @@ def test_the_embedded_default_keeps_its_secret_key_private(tmp_path) -> None:
     first = key.read_text()
     _manage(["check"], {"VAULT_DATA_DIR": str(data)})
     assert key.read_text() == first
+
+
+def test_production_probes_answer_over_plain_http(production_env) -> None:
+    script = (
+        "import django; django.setup();"
+        "from django.test import Client; c = Client();"
+        "print(c.get('/healthz', HTTP_HOST='vault.example.com').status_code,"
+        " c.get('/api/v1/tenant/', HTTP_HOST='vault.example.com').status_code)"
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("VAULT_", "DATABASE_URL", "REDIS_URL"))
+    }
+    env.update(production_env, DJANGO_SETTINGS_MODULE="vault.settings")
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["200", "301"], result.stderr

@@ -243,3 +243,34 @@ def test_the_api_shows_a_new_token_once(owner) -> None:
     shown = client.get(f"/api/v1/tokens/{created.json()['id']}/").json()
     assert "token" not in shown
     assert clear not in repr(client.get("/api/v1/tokens/").json())
+
+
+def test_a_narrow_token_of_an_owner_cannot_see_or_revoke_the_owners_wider_tokens(owner) -> None:
+    wide = token_create(tenant=owner.tenant, name="wide", role=Role.OWNER, user=owner.user)
+    narrow = token_create(tenant=owner.tenant, name="narrow", role=Role.MEMBER, user=owner.user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {narrow.clear}")
+    ids = {row["id"] for row in client.get("/api/v1/tokens/").json()["results"]}
+    assert narrow.token.pk in ids
+    assert wide.token.pk not in ids
+    assert client.get(f"/api/v1/tokens/{wide.token.pk}/").status_code == 404
+    assert client.delete(f"/api/v1/tokens/{wide.token.pk}/").status_code == 404
+    assert _get(wide.clear).status_code == 200
+
+
+def test_it_refuses_to_nest_tokens_deeper_than_they_can_work(owner) -> None:
+    from vault.tokens.services import MAX_PARENT_DEPTH, ChainTooDeep
+
+    current = token_create(tenant=owner.tenant, name="0", role=Role.MEMBER, user=owner.user)
+    for level in range(1, MAX_PARENT_DEPTH):
+        current = token_create(
+            tenant=owner.tenant, name=str(level), role=Role.MEMBER, parent=current.token
+        )
+    assert _get(current.clear).status_code == 200, "the deepest allowed token works"
+    with pytest.raises(ChainTooDeep):
+        token_create(tenant=owner.tenant, name="too deep", role=Role.MEMBER, parent=current.token)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {current.clear}")
+    refused = client.post("/api/v1/tokens/", {"name": "x", "role": "member"}, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "token_chain_too_deep"

@@ -45,7 +45,7 @@ from vault.console.decorators import (
     with_next,
 )
 from vault.console.forms import CodeForm, SignInForm
-from vault.tenants.models import Membership
+from vault.tenants.selectors import memberships_for_user
 
 AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
 RECOVERY_CODE_COUNT = 10
@@ -241,11 +241,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 @never_cache
 @console_login_required
 def home(request: HttpRequest) -> HttpResponse:
-    memberships = (
-        Membership.objects.filter(user=cast(User, request.user))
-        .select_related("tenant")
-        .order_by("tenant__name")
-    )
+    memberships = memberships_for_user(user=cast(User, request.user))
     return render(request, "console/home.html", {"memberships": memberships})
 
 

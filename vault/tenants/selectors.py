@@ -1,15 +1,13 @@
-"""Reads for tenants and memberships. Every read is scoped to one tenant."""
+"""Reads for tenants and memberships."""
 
 from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from vault.tenants.models import Membership, Tenant
+from vault.accounts.models import User
+from vault.tenants.models import Membership
 
 
-def memberships_for_tenant(*, tenant: Tenant) -> QuerySet[Membership]:
-    return Membership.objects.filter(tenant=tenant).select_related("user")
-
-
-def tenant_by_slug(*, slug: str) -> Tenant:
-    return Tenant.objects.get(slug=slug)
+def memberships_for_user(*, user: User) -> QuerySet[Membership]:
+    """A person's memberships across tenants, with the tenant loaded, by tenant name."""
+    return Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__name")

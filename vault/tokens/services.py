@@ -42,6 +42,12 @@ class RoleNotAllowed(TokenError):
     code = "role_not_allowed"
 
 
+class ChainTooDeep(TokenError):
+    """The creating token is itself at the end of the longest chain a token may have."""
+
+    code = "token_chain_too_deep"
+
+
 class InvalidLifetime(TokenError):
     """The requested lifetime is outside what the platform allows."""
 
@@ -73,6 +79,15 @@ def _creator_role(*, tenant: Tenant, user: User | None, parent: ApiToken | None)
     return None
 
 
+def _depth(token: ApiToken) -> int:
+    """How many tokens stand in the chain ending at ``token`` (itself included)."""
+    depth, current = 1, token
+    while current.parent_id is not None and depth <= MAX_PARENT_DEPTH:
+        current = ApiToken.objects.only("parent_id").get(pk=current.parent_id)
+        depth += 1
+    return depth
+
+
 @transaction.atomic
 def token_create(
     *,
@@ -94,6 +109,8 @@ def token_create(
     """
     if role not in Role.values:
         raise RoleNotAllowed(f"unknown role {role!r}")
+    if parent is not None and _depth(parent) >= MAX_PARENT_DEPTH:
+        raise ChainTooDeep(f"tokens may be nested at most {MAX_PARENT_DEPTH} deep")
     if parent is not None and user is None:
         user = parent.user
     bound = _creator_role(tenant=tenant, user=user, parent=parent)

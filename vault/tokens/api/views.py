@@ -53,7 +53,9 @@ class ApiTokenViewSet(
         if self.action == "destroy" and principal.role == "owner":
             return queryset
         if principal.user is not None:
-            return queryset.filter(user=principal.user)
+            # Only the person's tokens of the caller's own role: a narrow token of an owner must
+            # not see or revoke that owner's wider tokens.
+            return queryset.filter(user=principal.user, role=principal.role)
         return queryset.filter(Q(pk=principal.token.pk) | Q(parent=principal.token))
 
     @extend_schema(request=ApiTokenCreateSerializer, responses={201: ApiTokenCreatedSerializer})
@@ -70,6 +72,8 @@ class ApiTokenViewSet(
             )
         except services.RoleNotAllowed as exc:
             raise RoleNotAllowedError(str(exc)) from exc
+        except services.TokenError as exc:
+            raise ApiError(str(exc), code=exc.code) from exc
         data = dict(ApiTokenSerializer(issued.token).data)
         data["token"] = issued.clear
         return Response(data, status=status.HTTP_201_CREATED)
