@@ -37,14 +37,36 @@ wait_for() {  # wait_for SECONDS COMMAND...
 }
 
 if [ -n "${DATABASE_URL:-}" ] && is_local "$DATABASE_URL"; then
+  fresh_pg=0
+  if ! command -v pg_ctlcluster >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test-env: installing PostgreSQL"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql postgresql-client >/dev/null
+    fresh_pg=1
+  fi
+  if [ "$fresh_pg" = 1 ]; then
+    # A cluster this script just installed: let local TCP connections in without a password,
+    # as on the CI machines (never done to a PostgreSQL this script did not install).
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' \
+      "/etc/postgresql/$version/main/pg_hba.conf"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null || true
+  fi
   if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+      version=$(ls /etc/postgresql | sort -V | tail -n 1)
       echo "test-env: starting PostgreSQL"
-      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start || true
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
       wait_for 30 pg_isready -q -h 127.0.0.1 -p 5432 || { echo "test-env: PostgreSQL did not start" >&2; exit 1; }
     else
       echo "test-env: DATABASE_URL names a local PostgreSQL, but none is installed here" >&2; exit 1
     fi
+  fi
+  if [ "$fresh_pg" = 1 ]; then
+    db=${DATABASE_URL##*/}; db=${db%%\?*}
+    runuser -u postgres -- psql -qtAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
+      || runuser -u postgres -- createdb "$db"
   fi
 fi
 

@@ -77,9 +77,11 @@ def test_it_answers_another_tenants_object_with_404(endpoint: Endpoint, world: W
             assert response.json()["error"]["code"] == "not_found"
             assert endpoint.still_there is not None
             assert endpoint.still_there(foreign)
-        elif endpoint.check_scope is not None:
-            response = _call(endpoint, world.mine.actors[role].clear, _url(endpoint))
-            assert response.status_code == endpoint.success
+        else:
+            assert endpoint.check_scope is not None, "each entry must check its tenant scope"
+            clear = world.mine.actors[role].clear
+            response = _call(endpoint, clear, _url(endpoint), _payload(endpoint, world, role))
+            assert response.status_code == endpoint.success, (role, response.content)
             endpoint.check_scope(response, world)
 
 

@@ -86,3 +86,24 @@ def test_every_response_carries_the_security_headers(client) -> None:
     assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["X-Frame-Options"] == "DENY"
+
+
+def test_head_and_options_answer_any_member_of_the_tenant(owner) -> None:
+    auditor = make_membership(tenant=owner.tenant, role=Role.AUDITOR)
+    issued = token_create(tenant=owner.tenant, name="t", role=Role.AUDITOR, user=auditor.user)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.clear}")
+    assert api.head("/api/v1/tenant/").status_code == 200
+    assert api.head("/api/v1/members/").status_code == 200
+    assert api.options("/api/v1/tenant/").status_code == 200
+    assert APIClient().options("/api/v1/tenant/").status_code == 401
+
+
+def test_error_log_lines_carry_the_request_id(client, caplog) -> None:
+    with caplog.at_level("WARNING", logger="django.request"):
+        response = client.get("/api/v1/members/999999/")
+    assert response.status_code == 404
+    request_id = response["X-Request-ID"]
+    records = [r for r in caplog.records if r.name == "django.request"]
+    assert records
+    assert all(getattr(r, "request_id", None) == request_id for r in records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from io import StringIO
 
@@ -12,7 +13,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tests.factories import make_membership, make_tenant
-from vault.tenants.models import Role
+from vault.accounts.models import User
+from vault.tenants.models import Membership, Role
 from vault.tokens.models import ApiToken
 from vault.tokens.services import (
     TOKEN_PATTERN,
@@ -121,17 +123,78 @@ def test_it_refuses_tokens_for_people_outside_the_tenant(owner) -> None:
         token_create(tenant=owner.tenant, name="x", role=Role.MEMBER, user=stranger.user)
 
 
-def test_it_stops_a_token_when_its_creator_loses_the_role(owner) -> None:
+def test_it_checks_the_creators_role_at_every_use(owner) -> None:
+    """Even a role changed out of band (not through the services, which also revoke) counts."""
     issued = token_create(tenant=owner.tenant, name="ci", role=Role.CUSTODIAN, user=owner.user)
     assert _get(issued.clear).status_code == 200
-    owner.role = Role.MEMBER
-    owner.save()
+    Membership.objects.filter(pk=owner.pk).update(role=Role.MEMBER)
     assert _get(issued.clear).status_code == 401
-    owner.role = Role.OWNER
-    owner.save()
+    Membership.objects.filter(pk=owner.pk).delete()
+    assert _get(issued.clear).status_code == 401
+
+
+def test_it_stops_tokens_of_a_deactivated_person(owner) -> None:
+    issued = token_create(tenant=owner.tenant, name="ci", role=Role.MEMBER, user=owner.user)
     assert _get(issued.clear).status_code == 200
-    owner.delete()
+    User.objects.filter(pk=owner.user_id).update(is_active=False)
     assert _get(issued.clear).status_code == 401
+
+
+def test_it_stores_tokens_under_a_key_only_the_service_holds(owner, settings) -> None:
+    issued = token_create(tenant=owner.tenant, name="ci", role=Role.MEMBER, user=owner.user)
+    assert issued.token.digest != hashlib.sha256(issued.clear.encode()).hexdigest()
+    assert _get(issued.clear).status_code == 200
+    settings.VAULT_TOKEN_HMAC_KEY = "another key entirely"
+    assert _get(issued.clear).status_code == 401
+
+
+def test_an_integration_token_cannot_mint_a_wider_one() -> None:
+    tenant = make_tenant()
+    integration = token_create(tenant=tenant, name="ci", role=Role.MEMBER)
+    with pytest.raises(RoleNotAllowed):
+        token_create(tenant=tenant, name="x", role=Role.OWNER, parent=integration.token)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {integration.clear}")
+    refused = client.post("/api/v1/tokens/", {"name": "x", "role": "owner"}, format="json")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "role_not_allowed"
+
+
+def test_a_child_wider_than_its_parent_never_works(owner) -> None:
+    parent = token_create(tenant=owner.tenant, name="p", role=Role.MEMBER, user=owner.user)
+    child = token_create(tenant=owner.tenant, name="c", role=Role.MEMBER, parent=parent.token)
+    ApiToken.objects.filter(pk=child.token.pk).update(role=Role.OWNER)  # as a broken write would
+    assert _get(child.clear).status_code == 401
+
+
+def test_an_integration_token_sees_only_itself_and_its_children() -> None:
+    tenant = make_tenant()
+    first = token_create(tenant=tenant, name="first", role=Role.MEMBER)
+    second = token_create(tenant=tenant, name="second", role=Role.MEMBER)
+    child = token_create(tenant=tenant, name="child", role=Role.MEMBER, parent=first.token)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {first.clear}")
+    ids = {row["id"] for row in client.get("/api/v1/tokens/").json()["results"]}
+    assert ids == {first.token.pk, child.token.pk}
+    assert client.delete(f"/api/v1/tokens/{second.token.pk}/").status_code == 404
+    assert _get(second.clear).status_code == 200
+
+
+def test_it_records_a_new_address_at_once(owner) -> None:
+    issued = token_create(tenant=owner.tenant, name="ci", role=Role.MEMBER, user=owner.user)
+    _get(issued.clear, ip="10.1.1.1")
+    _get(issued.clear, ip="10.2.2.2")
+    issued.token.refresh_from_db()
+    assert issued.token.last_used_ip == "10.2.2.2"
+
+
+def test_it_serves_callers_without_an_ip_address(owner) -> None:
+    """A unix-socket peer has no address; nothing invalid may reach the address column."""
+    issued = token_create(tenant=owner.tenant, name="ci", role=Role.MEMBER, user=owner.user)
+    assert _get(issued.clear, ip="").status_code == 200
+    issued.token.refresh_from_db()
+    assert issued.token.last_used_at is not None
+    assert issued.token.last_used_ip is None
 
 
 def test_it_stops_tokens_of_a_deactivated_tenant() -> None:

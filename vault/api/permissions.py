@@ -18,7 +18,8 @@ READERS = frozenset({Role.OWNER, Role.AUDITOR})
 
 def action_name(request: Request, view: Any) -> str:
     """The action a request performs: a viewset's action, else the lower-cased HTTP method."""
-    return getattr(view, "action", None) or (request.method or "").lower()
+    action = getattr(view, "action", None) or (request.method or "").lower()
+    return "get" if action == "head" else action
 
 
 class HasTenantRole(BasePermission):
@@ -37,5 +38,7 @@ class HasTenantRole(BasePermission):
             return False
         if (request.method or "").upper() not in view.allowed_methods:
             return True  # let the view answer 405 Method Not Allowed
+        if request.method == "OPTIONS":
+            return True  # describes the endpoint to any member of the tenant; changes nothing
         allowed: Mapping[str, frozenset[str] | set[str]] = getattr(view, "allowed_roles", {})
         return principal.role in allowed.get(action_name(request, view), frozenset())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
 
 from vault.accounts.models import User
-from vault.tenants.models import Membership, Role, Tenant
+from vault.tenants.models import Membership, Role, Tenant, role_covers
 
 
 class TenantError(Exception):
@@ -58,12 +59,32 @@ def member_add(*, tenant: Tenant, email: str, role: str) -> tuple[Membership, bo
 
 
 def _owners_left(membership: Membership) -> int:
+    """Owners other than this one, counted under a lock on the tenant row.
+
+    The lock serializes concurrent owner changes of one tenant, so two owners demoting each
+    other at once cannot both see the other as the one who stays.
+    """
+    Tenant.objects.select_for_update().filter(pk=membership.tenant_id).first()
     return (
-        Membership.objects.select_for_update()
-        .filter(tenant_id=membership.tenant_id, role=Role.OWNER)
+        Membership.objects.filter(tenant_id=membership.tenant_id, role=Role.OWNER)
         .exclude(pk=membership.pk)
         .count()
     )
+
+
+def _revoke_tokens_beyond(membership: Membership, role: str | None) -> None:
+    """Revoke the person's tokens in the tenant that ``role`` (None: no role) no longer covers.
+
+    The per-use check already refuses them; revoking makes it final, so that re-adding or
+    re-promoting the person does not bring old, possibly leaked, tokens back.
+    """
+    from vault.tokens.models import ApiToken
+
+    live = ApiToken.objects.filter(
+        tenant_id=membership.tenant_id, user_id=membership.user_id, revoked_at__isnull=True
+    )
+    doomed = [t.pk for t in live if role is None or not role_covers(role, t.role)]
+    ApiToken.objects.filter(pk__in=doomed).update(revoked_at=timezone.now())
 
 
 @transaction.atomic
@@ -75,12 +96,14 @@ def member_set_role(*, membership: Membership, role: str) -> Membership:
         raise LastOwner("a tenant must keep at least one owner")
     membership.role = role
     membership.save(update_fields=["role"])
+    _revoke_tokens_beyond(membership, role)
     return membership
 
 
 @transaction.atomic
 def member_remove(*, membership: Membership) -> None:
-    """Remove a membership; a tenant always keeps at least one owner."""
+    """Remove a membership and revoke the person's tokens in the tenant; one owner always stays."""
     if membership.role == Role.OWNER and _owners_left(membership) == 0:
         raise LastOwner("a tenant must keep at least one owner")
+    _revoke_tokens_beyond(membership, None)
     membership.delete()

@@ -8,6 +8,7 @@ the row, and the HMAC of the whole token is compared in constant time.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -177,6 +178,14 @@ def _still_entitled(token: ApiToken, now: datetime) -> bool:
     return False
 
 
+def _valid_ip(value: str | None) -> str | None:
+    """The address if it parses as one (a unix-socket peer has none), else None."""
+    try:
+        return str(ipaddress.ip_address(value)) if value else None
+    except ValueError:
+        return None
+
+
 def token_authenticate(*, clear: str, ip: str | None = None) -> ApiToken:
     """Return the live token for a presented bearer string.
 
@@ -201,6 +210,7 @@ def token_authenticate(*, clear: str, ip: str | None = None) -> ApiToken:
     if not hmac.compare_digest(presented, token.digest):
         raise TokenRejected("wrong secret")
     now = timezone.now()
+    ip = _valid_ip(ip)
     if not _still_entitled(token, now):
         raise TokenRejected("expired, revoked or no longer entitled")
     if (

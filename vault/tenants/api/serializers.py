@@ -26,17 +26,5 @@ class MembershipCreateSerializer(serializers.Serializer[Membership]):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
-class MembershipCreatedSerializer(MembershipSerializer):
-    setup_url = serializers.CharField(
-        read_only=True,
-        allow_null=True,
-        help_text="For a new user: a one-time link to choose a password; shown only here.",
-    )
-
-    class Meta(MembershipSerializer.Meta):
-        fields = (*MembershipSerializer.Meta.fields, "setup_url")
-        read_only_fields = fields
-
-
 class MembershipUpdateSerializer(serializers.Serializer[Membership]):
     role = serializers.ChoiceField(choices=Role.choices)

@@ -9,14 +9,12 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from vault.accounts.services import password_setup_url
 from vault.api.errors import Conflict
 from vault.api.permissions import ALL_ROLES, READERS
 from vault.api.serializers import ErrorSerializer
 from vault.api.views import TenantScopedMixin, TenantScopedViewSet
 from vault.tenants import services
 from vault.tenants.api.serializers import (
-    MembershipCreatedSerializer,
     MembershipCreateSerializer,
     MembershipSerializer,
     MembershipUpdateSerializer,
@@ -66,22 +64,23 @@ class MembershipViewSet(
 
     @extend_schema(
         request=MembershipCreateSerializer,
-        responses={201: MembershipCreatedSerializer, 409: CONFLICT},
+        responses={201: MembershipSerializer, 409: CONFLICT},
     )
     def create(self, request: Request) -> Response:
         incoming = MembershipCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         try:
-            membership, created = services.member_add(
+            membership, _ = services.member_add(
                 tenant=self.tenant,
                 email=incoming.validated_data["email"],
                 role=incoming.validated_data["role"],
             )
         except services.AlreadyMember as exc:
             raise Conflict(str(exc), code=exc.code) from exc
-        data = dict(MembershipSerializer(membership).data)
-        data["setup_url"] = password_setup_url(request, membership.user) if created else None
-        return Response(data, status=status.HTTP_201_CREATED)
+        # The answer is the same whether the person had an account or not, and never carries a
+        # credential: a set-up link handed to the inviting owner would let that owner sign in as
+        # the person, in every tenant the person later joins. Operators issue set-up links.
+        return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         request=MembershipUpdateSerializer, responses={200: MembershipSerializer, 409: CONFLICT}
