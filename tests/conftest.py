@@ -9,6 +9,7 @@ allows ``postgres,redis``; the PostgreSQL pass allows nothing).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -17,11 +18,23 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
-COMPONENT_MARKERS = ("postgres", "redis")
+COMPONENT_MARKERS = ("postgres", "redis", "softhsm", "tpm", "kmip")
+COMPONENT_MODULES = {
+    "softhsm": "kms_plugins.testing.softhsm",
+    "tpm": "kms_plugins.testing.swtpm",
+    "kmip": "kms_plugins.testing.kmip_server",
+}
 
 
 def _available(component: str) -> str | None:
     """None when the component is there, else why not."""
+    if component in COMPONENT_MODULES:
+        try:
+            module = importlib.import_module(COMPONENT_MODULES[component])
+        except ImportError as exc:
+            return f"cannot import {COMPONENT_MODULES[component]}: {exc}"
+        reason: str | None = module.available()
+        return reason
     if component == "postgres":
         engine = settings.DATABASES["default"]["ENGINE"]
         return None if "postgresql" in engine else "DATABASE_URL does not name a PostgreSQL server"

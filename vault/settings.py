@@ -58,7 +58,7 @@ try:
     VAULT_TOKEN_MAX_DAYS = env_int("VAULT_TOKEN_MAX_DAYS", 365, minimum=1)
     VAULT_AUTH_FAILURE_LIMIT = env_int("VAULT_AUTH_FAILURE_LIMIT", 20, minimum=1)
     VAULT_AUTH_FAILURE_WINDOW = env_int("VAULT_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1)
-    VAULT_KEY_BACKENDS = env_json("VAULT_KEY_BACKENDS", {})
+    VAULT_KEY_BACKENDS = env_json("VAULT_KEY_BACKENDS", None)
     VAULT_SIGNING_BACKEND = env_str("VAULT_SIGNING_BACKEND", "")
     LOG_LEVEL = env_str("VAULT_LOG_LEVEL", "INFO").upper()
 except EnvError as exc:
@@ -94,6 +94,20 @@ if PRODUCTION and len(SECRET_KEY) < 50:
 if PRODUCTION and not ALLOWED_HOSTS:
     raise _fail("VAULT_ALLOWED_HOSTS is required when VAULT_ENV=production")
 
+if VAULT_KEY_BACKENDS is None:
+    # The embedded default: a local software keystore under var/ (refused in production by the
+    # keys.E005 system check; production configures its HSM, TPM or KMS here).
+    VAULT_KEY_BACKENDS = {}
+    if not PRODUCTION:
+        (DATA_DIR / "keystore").mkdir(parents=True, exist_ok=True, mode=0o700)
+        VAULT_KEY_BACKENDS["local"] = {
+            "BACKEND": "kms_plugins.local.LocalKeyBackend",
+            "OPTIONS": {
+                "PATH": str(DATA_DIR / "keystore" / "keys.json"),
+                "KEY_FILE": str(DATA_DIR / "keystore" / "master.key"),
+            },
+        }
+
 # API tokens are stored as HMAC-SHA256 under this key; by default it derives from SECRET_KEY.
 VAULT_TOKEN_HMAC_KEY = _token_hmac_key or SECRET_KEY
 
@@ -114,6 +128,7 @@ INSTALLED_APPS = [
     "vault.accounts",
     "vault.tenants",
     "vault.tokens",
+    "vault.keys",
     "vault.api",
     "vault.console",
     "compliance",

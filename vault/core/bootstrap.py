@@ -5,11 +5,14 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from vault.accounts.models import User
+from vault.keys.models import KeyBinding
+from vault.keys.services import tenant_bind_backend
 from vault.tenants.models import Membership, Role, Tenant
 from vault.tenants.services import member_add, tenant_create
 from vault.tokens.services import IssuedToken, token_create, token_revoke
@@ -42,6 +45,8 @@ def _new_password(user: User) -> str:
 def demo_bootstrap() -> DemoAccess:
     """Create the demo tenant and owner on first run; issue a fresh owner token on every run.
 
+    The demo tenant is bound to the ``local`` keystore of the embedded default.
+
     The previous run's token is revoked, so only the latest printed token works.
     """
     tenant = Tenant.objects.filter(slug=DEMO_SLUG).first() or tenant_create(
@@ -59,6 +64,11 @@ def demo_bootstrap() -> DemoAccess:
         Membership.objects.create(tenant=tenant, user=owner, role=Role.OWNER)
     for old in tenant.api_tokens.filter(name=DEMO_TOKEN_NAME, revoked_at__isnull=True):
         token_revoke(token=old)
+    if (
+        "local" in settings.VAULT_KEY_BACKENDS
+        and not KeyBinding.objects.filter(tenant=tenant).exists()
+    ):
+        tenant_bind_backend(tenant=tenant, backend_alias="local")
     issued = token_create(
         tenant=tenant,
         name=DEMO_TOKEN_NAME,

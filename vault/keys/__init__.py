@@ -1,0 +1,1 @@
+"""Tenants' keys: which backend holds each tenant's key-encryption keys, and the key ids there."""

@@ -1,0 +1,123 @@
+"""Binding tenants to key backends, and finding the key that signs for a tenant."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+
+from kms_plugins.base import KeyBackend
+from kms_plugins.types import Capability, KeyPurpose
+from vault.keys.models import KeyBinding, KeyRole
+from vault.keys.registry import key_backend
+from vault.tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+
+class KeyServiceError(Exception):
+    """Base of the key services' errors; ``code`` is the stable error code."""
+
+    code = "key_error"
+
+
+class AlreadyBound(KeyServiceError):
+    code = "tenant_already_bound"
+
+
+class NoSigningBackend(KeyServiceError):
+    code = "no_signing_backend"
+
+
+def _new_binding(
+    *, tenant: Tenant | None, role: str, alias: str, backend: KeyBackend, purpose: KeyPurpose
+) -> KeyBinding:
+    ref = backend.create_key(purpose=purpose)
+    info = backend.describe(ref.key_id).version(ref.version)
+    assert info is not None  # noqa: S101  (the backend just created it)
+    return KeyBinding.objects.create(
+        tenant=tenant,
+        role=role,
+        backend_alias=alias,
+        backend_kind=backend.kind,
+        key_id=ref.key_id,
+        fingerprint=info.fingerprint,
+    )
+
+
+def platform_signing_binding(*, create: bool = True) -> KeyBinding:
+    """The platform's signing key in ``VAULT_SIGNING_BACKEND``, created on first need."""
+    existing = KeyBinding.objects.filter(tenant__isnull=True, role=KeyRole.SIGNING).first()
+    if existing is not None or not create:
+        if existing is None:
+            raise NoSigningBackend("no platform signing key exists")
+        return existing
+    alias = settings.VAULT_SIGNING_BACKEND
+    if not alias:
+        raise NoSigningBackend("VAULT_SIGNING_BACKEND is not set")
+    backend = key_backend(alias)
+    if Capability.SIGN not in backend.capabilities:
+        raise NoSigningBackend(f"VAULT_SIGNING_BACKEND {alias!r} ({backend.kind}) cannot sign")
+    return _new_binding(
+        tenant=None, role=KeyRole.SIGNING, alias=alias, backend=backend, purpose=KeyPurpose.SIGN
+    )
+
+
+@transaction.atomic
+def tenant_bind_backend(
+    *, tenant: Tenant, backend_alias: str, recovery_alias: str | None = None
+) -> list[KeyBinding]:
+    """Create the tenant's key-encryption key (and recovery key) in their backends.
+
+    A signing key is created in the tenant's backend when it can sign; otherwise the tenant's
+    audit log and reports will sign with the platform's key in ``VAULT_SIGNING_BACKEND``.
+
+    Raises:
+        AlreadyBound: the tenant already has a primary key (changing backends is a rotation).
+        kms_plugins.errors.KeyBackendError: the backend refused or is unavailable.
+    """
+    if KeyBinding.objects.select_for_update().filter(tenant=tenant, role=KeyRole.PRIMARY).exists():
+        raise AlreadyBound(f"tenant {tenant.slug} is already bound to a key backend")
+    backend = key_backend(backend_alias)
+    bindings = [
+        _new_binding(
+            tenant=tenant,
+            role=KeyRole.PRIMARY,
+            alias=backend_alias,
+            backend=backend,
+            purpose=KeyPurpose.WRAP,
+        )
+    ]
+    if recovery_alias:
+        bindings.append(
+            _new_binding(
+                tenant=tenant,
+                role=KeyRole.RECOVERY,
+                alias=recovery_alias,
+                backend=key_backend(recovery_alias),
+                purpose=KeyPurpose.WRAP,
+            )
+        )
+    if Capability.SIGN in backend.capabilities:
+        bindings.append(
+            _new_binding(
+                tenant=tenant,
+                role=KeyRole.SIGNING,
+                alias=backend_alias,
+                backend=backend,
+                purpose=KeyPurpose.SIGN,
+            )
+        )
+    logger.info("tenant %s bound to key backend %s", tenant.slug, backend_alias)
+    return bindings
+
+
+def signing_binding_for(*, tenant: Tenant) -> KeyBinding:
+    """The key that signs for ``tenant``: its own when its backend can sign, else the platform's.
+
+    Raises:
+        NoSigningBackend: the tenant's backend cannot sign and no platform signing backend is set.
+    """
+    own = KeyBinding.objects.filter(tenant=tenant, role=KeyRole.SIGNING).first()
+    return own if own is not None else platform_signing_binding()
