@@ -124,6 +124,18 @@ def _fast_password_hashing(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _private_keystore(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each test's ``local`` key backend keeps its keys in a fresh directory, never in var/."""
+    directory = tmp_path_factory.mktemp("keystore")
+    settings.VAULT_KEY_BACKENDS = {
+        "local": {
+            "BACKEND": "kms_plugins.local.LocalKeyBackend",
+            "OPTIONS": {"PATH": str(directory / "keys.json"), "KEY_FILE": str(directory / "master.key")},
+        }
+    }
+
+
+@pytest.fixture(autouse=True)
 def _fresh_failure_counters() -> Iterator[None]:
     """Failed-authentication counters live in the cache; no test sees another's."""
     _forget_auth_failures()
