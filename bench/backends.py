@@ -5,7 +5,7 @@ Usage (after `make test` has installed the components, or on any machine with th
     .venv/bin/python bench/backends.py [--seconds 2] [--backends local,pkcs11,tpm,kmip]
 
 Every backend runs against its real component, started here on loopback under a temporary
-directory (SoftHSM2 token, swtpm with tpm2-abrmd, PyKMIP's server), on 1 and on 2 processes.
+directory (SoftHSM2 token, swtpm behind tpm2-abrmd, PyKMIP's server), on 1 and on 2 processes.
 The baselines are measured in the same run on the same machine: `AESGCM` encrypt/decrypt of a
 32-byte key with 64 bytes of associated data, and RFC 3394 AES key wrap/unwrap of a 32-byte
 key. The last column is the backend's rate as a share of the AES-GCM baseline.
@@ -21,15 +21,15 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
-from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
-from kms_plugins.base import KeyBackend  # noqa: E402
+from kms_plugins.base import KeyBackend
 
 HARNESSES = {
     "local": "kms_plugins.testing.local",
@@ -64,7 +64,9 @@ def _child(
         out.put(rate(lambda: backend.unwrap(wrapped, CONTEXT), seconds))
 
 
-def backend_rate(backend: KeyBackend, key_id: str, which: str, processes: int, seconds: float) -> float:
+def backend_rate(
+    backend: KeyBackend, key_id: str, which: str, processes: int, seconds: float
+) -> float:
     """Total wrap or unwrap operations per second over ``processes`` forked processes."""
     backend.close()  # each child opens its own connection after the fork
     context = multiprocessing.get_context("fork")
@@ -79,6 +81,42 @@ def backend_rate(backend: KeyBackend, key_id: str, which: str, processes: int, s
     for child in children:
         child.join()
     return total
+
+
+def _create_in_child(backend: KeyBackend, out: multiprocessing.Queue) -> None:
+    out.put(backend.create_key().key_id)
+
+
+def create_key_elsewhere(backend: KeyBackend) -> str:
+    """Create the key in a child process, so this process never opens the backend itself.
+
+    Some connections must not be inherited across fork (the TPM resource manager's D-Bus
+    connection), and every measured process must open its own anyway.
+    """
+    context = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue = context.Queue()
+    child = context.Process(target=_create_in_child, args=(backend, out))
+    child.start()
+    key_id: str = out.get(timeout=120)
+    child.join()
+    return key_id
+
+
+@contextlib.contextmanager
+def tpm_through_abrmd(base_dir: Path) -> Iterator[KeyBackend]:
+    """swtpm behind tpm2-abrmd, as several processes must reach a TPM (like /dev/tpmrm0)."""
+    from kms_plugins.testing import swtpm
+    from kms_plugins.tpm import TpmKeyBackend
+
+    with (
+        swtpm.running_swtpm(base_dir / "state") as process,
+        swtpm.abrmd(process, base_dir) as (
+            tcti,
+            env,
+        ),
+    ):
+        os.environ.update(env)
+        yield TpmKeyBackend("tpm-bench", {"TCTI": tcti, "STATE_DIR": str(base_dir / "keys")})
 
 
 def baselines(seconds: float) -> dict[str, float]:
@@ -108,7 +146,10 @@ def main() -> int:
         print(f"{name:34} {value:12,.0f}")
     print()
     print(f"{'backend':10} {'op':7} {'procs':>5} {'ops/s':>10} {'vs AESGCM':>10}")
-    with tempfile.TemporaryDirectory(prefix="cvault-bench-") as tmp, contextlib.ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="cvault-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         for name in names:
             module = importlib.import_module(HARNESSES[name])
             reason = module.available()
@@ -117,9 +158,15 @@ def main() -> int:
                 continue
             base_dir = Path(tmp) / name
             base_dir.mkdir()
-            harness = stack.enter_context(module.session_harness(base_dir))
-            backend = harness.backend
-            key_id = backend.create_key().key_id
+            if name == "tpm":
+                reason = module.abrmd_available()
+                if reason is not None:
+                    print(f"{name:10} skipped: {reason}")
+                    continue
+                backend = stack.enter_context(tpm_through_abrmd(base_dir))
+            else:
+                backend = stack.enter_context(module.session_harness(base_dir)).backend
+            key_id = create_key_elsewhere(backend)
             for which, baseline in (("wrap", "AESGCM encrypt"), ("unwrap", "AESGCM decrypt")):
                 for processes in (1, 2):
                     value = backend_rate(backend, key_id, which, processes, args.seconds)

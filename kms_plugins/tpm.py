@@ -493,7 +493,8 @@ class TpmKeyBackend(KeyBackend):
         STATE_DIR: where key blobs and per-key metadata live (0700). Blobs are useless without
             this TPM; losing the directory loses the keys.
         PARENT_HANDLE: persistent handle of the storage primary key (default 0x81000101); created
-            with the TCG ECC P-256 SRK template and EvictControl if absent (needs an empty owner
+            as an ECC P-256 storage key with AES-256-CFB (the TCG SRK shape, with the AES-256 its
+            AES-256 KEKs need) and EvictControl if absent (needs an empty owner
             authorization), then pinned by its Name in STATE_DIR.
         PCRS: reserved for a PCR policy; not implemented, refused at start-up if set.
         TIMEOUT: seconds any one operation may take before it fails as BackendUnavailable.

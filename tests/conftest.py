@@ -130,7 +130,10 @@ def _private_keystore(settings: Any, tmp_path_factory: pytest.TempPathFactory) -
     settings.VAULT_KEY_BACKENDS = {
         "local": {
             "BACKEND": "kms_plugins.local.LocalKeyBackend",
-            "OPTIONS": {"PATH": str(directory / "keys.json"), "KEY_FILE": str(directory / "master.key")},
+            "OPTIONS": {
+                "PATH": str(directory / "keys.json"),
+                "KEY_FILE": str(directory / "master.key"),
+            },
         }
     }
 

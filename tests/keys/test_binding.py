@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.checks import run_checks
 from django.core.management import CommandError, call_command
 
-from kms_plugins.types import KeyState
+from kms_plugins.local import LocalKeyBackend
+from kms_plugins.types import Capability, KeyState
 from tests.factories import make_tenant
 from vault.core.bootstrap import demo_bootstrap
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
-from vault.keys.services import signing_binding_for
+from vault.keys.services import NoSigningBackend, signing_binding_for
 
 pytestmark = pytest.mark.django_db
 CONTEXT = {"tenant": "t", "object": "1", "version": "1"}
@@ -25,7 +23,7 @@ CONTEXT = {"tenant": "t", "object": "1", "version": "1"}
 def _check_ids(settings, **overrides) -> dict[str, str]:
     for name, value in overrides.items():
         setattr(settings, name, value)
-    return {m.id: m.msg for m in run_checks(tags=["keys"])}
+    return {str(m.id): m.msg for m in run_checks(tags=["keys"])}
 
 
 def test_binding_creates_the_tenants_keys_in_the_backend() -> None:
@@ -181,3 +179,35 @@ def test_two_tenants_on_two_different_backends(settings, hsm) -> None:
         wrapped = backend.wrap(binding.key_id, b"d" * 32, CONTEXT)
         assert wrapped.backend == kind
         assert backend.unwrap(wrapped, CONTEXT) == b"d" * 32
+
+
+class WrapOnly(LocalKeyBackend):
+    """A backend that cannot sign, as the KMIP backend cannot."""
+
+    capabilities = LocalKeyBackend.capabilities & ~Capability.SIGN
+
+
+def test_a_tenant_whose_backend_cannot_sign_signs_with_the_platform_key(settings, tmp_path) -> None:
+    settings.VAULT_KEY_BACKENDS = {
+        **settings.VAULT_KEY_BACKENDS,
+        "wraponly": {
+            "BACKEND": "tests.keys.test_binding.WrapOnly",
+            "OPTIONS": {"PATH": str(tmp_path / "w.json"), "PASSPHRASE": "wrap only passphrase"},
+        },
+    }
+    tenant = make_tenant(slug="acme")
+    call_command(
+        "tenant_bind_backend", "--tenant", "acme", "--backend", "wraponly", stdout=StringIO()
+    )
+    assert not KeyBinding.objects.filter(tenant=tenant, role=KeyRole.SIGNING).exists()
+    with pytest.raises(NoSigningBackend):
+        signing_binding_for(tenant=tenant)
+    assert "keys.W001" in _check_ids(settings)
+    settings.VAULT_SIGNING_BACKEND = "local"
+    binding = signing_binding_for(tenant=tenant)
+    assert binding.tenant is None
+    assert binding.backend_alias == "local"
+    assert signing_binding_for(tenant=tenant) == binding, "one platform key, made once"
+    backend = key_backend("local")
+    ref, signature = backend.sign(binding.key_id, b"checkpoint")
+    assert backend.verify(ref, b"checkpoint", signature)

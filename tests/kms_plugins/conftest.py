@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ HARNESSES = {
 }
 
 
-def harness_params() -> list[object]:
+def harness_params() -> list[Any]:
     params = []
     for name, (_, marker) in HARNESSES.items():
         marks = [getattr(pytest.mark, marker)] if marker else []

@@ -11,6 +11,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import cast
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -286,7 +287,7 @@ def test_it_opens_with_an_encrypted_client_key_and_never_shows_the_password(
 
 
 def test_it_reuses_one_connection_across_calls(harness: kmip_server.KmipHarness) -> None:
-    fresh = harness.new_backend()
+    fresh = cast(KmipKeyBackend, harness.new_backend())
     try:
         ref = fresh.create_key()
         socket_id = fresh.tls_session()["socket_id"]
@@ -300,7 +301,7 @@ def test_it_reuses_one_connection_across_calls(harness: kmip_server.KmipHarness)
 
 
 def test_it_reconnects_after_a_broken_connection(harness: kmip_server.KmipHarness) -> None:
-    fresh = harness.new_backend()
+    fresh = cast(KmipKeyBackend, harness.new_backend())
     try:
         ref = fresh.create_key()
         fresh._proxy.socket.shutdown(socket.SHUT_RDWR)  # the connection dies under the backend
@@ -313,7 +314,7 @@ def test_it_reconnects_after_a_broken_connection(harness: kmip_server.KmipHarnes
 
 
 def test_it_opens_its_own_connection_after_fork(harness: kmip_server.KmipHarness) -> None:
-    fresh = harness.new_backend()
+    fresh = cast(KmipKeyBackend, harness.new_backend())
     try:
         ref = fresh.create_key()
         wrapped = fresh.wrap(ref.key_id, DEK, CONTEXT)
