@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from io import StringIO
 
 import pytest
@@ -211,3 +212,32 @@ def test_a_tenant_whose_backend_cannot_sign_signs_with_the_platform_key(settings
     backend = key_backend("local")
     ref, signature = backend.sign(binding.key_id, b"checkpoint")
     assert backend.verify(ref, b"checkpoint", signature)
+
+
+class FailsToSign(LocalKeyBackend):
+    """Wraps, but fails when asked for a signing key (a backend failing half-way)."""
+
+    def _create_key(self, purpose):
+        if purpose == "sign":
+            raise OSError("the device went away")
+        return super()._create_key(purpose)
+
+
+def test_a_bind_that_fails_half_way_leaves_nothing_behind(settings, tmp_path) -> None:
+    settings.VAULT_KEY_BACKENDS = {
+        "flaky": {
+            "BACKEND": "tests.keys.test_binding.FailsToSign",
+            "OPTIONS": {"PATH": str(tmp_path / "f.json"), "PASSPHRASE": "flaky passphrase"},
+        }
+    }
+    make_tenant(slug="acme")
+    with pytest.raises(CommandError, match="unreachable"):
+        call_command("tenant_bind_backend", "--tenant", "acme", "--backend", "flaky")
+    assert not KeyBinding.objects.exists()
+    store = json.loads((tmp_path / "f.json").read_text())
+    (key,) = store["keys"].values()
+    assert [v["state"] for v in key["versions"]] == ["destroyed"], "the unused KEK is destroyed"
+
+
+def test_production_without_key_backends_is_warned_about(settings) -> None:
+    assert "keys.W002" in _check_ids(settings, PRODUCTION=True, VAULT_KEY_BACKENDS={})

@@ -52,6 +52,14 @@ def check_key_backends(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         )
     elif signing and not can_sign.get(signing, True):
         problems.append(Error(f"VAULT_SIGNING_BACKEND {signing!r} cannot sign", id="keys.E007"))
+    if settings.PRODUCTION and not config:
+        problems.append(
+            Warning(
+                "No key backends are configured: no tenant can be bound to a key backend.",
+                hint="Set VAULT_KEY_BACKENDS to your HSM, TPM or KMS; see docs/key-backends.md.",
+                id="keys.W002",
+            )
+        )
     if config and not signing and not all(can_sign.values()):
         problems.append(
             Warning(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from kms_plugins.base import KeyBackend
 from kms_plugins.types import Capability, KeyPurpose
@@ -59,9 +59,29 @@ def platform_signing_binding(*, create: bool = True) -> KeyBinding:
     backend = key_backend(alias)
     if Capability.SIGN not in backend.capabilities:
         raise NoSigningBackend(f"VAULT_SIGNING_BACKEND {alias!r} ({backend.kind}) cannot sign")
-    return _new_binding(
-        tenant=None, role=KeyRole.SIGNING, alias=alias, backend=backend, purpose=KeyPurpose.SIGN
-    )
+    try:
+        with transaction.atomic():
+            return _new_binding(
+                tenant=None,
+                role=KeyRole.SIGNING,
+                alias=alias,
+                backend=backend,
+                purpose=KeyPurpose.SIGN,
+            )
+    except IntegrityError:
+        # Another process made the platform key at the same moment: use theirs.
+        return KeyBinding.objects.get(tenant__isnull=True, role=KeyRole.SIGNING)
+
+
+def _destroy_quietly(backend: KeyBackend, binding: KeyBinding) -> None:
+    """Undo a key made for a binding that did not complete (it never protected anything)."""
+    try:
+        for info in backend.describe(binding.key_id).versions:
+            backend.destroy(info.ref)
+    except Exception:
+        logger.exception(
+            "could not destroy the unused key %s in %s", binding.key_id, binding.backend_alias
+        )
 
 
 @transaction.atomic
@@ -77,40 +97,32 @@ def tenant_bind_backend(
         AlreadyBound: the tenant already has a primary key (changing backends is a rotation).
         kms_plugins.errors.KeyBackendError: the backend refused or is unavailable.
     """
-    if KeyBinding.objects.select_for_update().filter(tenant=tenant, role=KeyRole.PRIMARY).exists():
+    # The tenant row's lock serializes concurrent binds of one tenant.
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+    if KeyBinding.objects.filter(tenant=tenant, role=KeyRole.PRIMARY).exists():
         raise AlreadyBound(f"tenant {tenant.slug} is already bound to a key backend")
     backend = key_backend(backend_alias)
-    bindings = [
-        _new_binding(
-            tenant=tenant,
-            role=KeyRole.PRIMARY,
-            alias=backend_alias,
-            backend=backend,
-            purpose=KeyPurpose.WRAP,
-        )
-    ]
+    wanted = [(KeyRole.PRIMARY, backend_alias, backend, KeyPurpose.WRAP)]
     if recovery_alias:
-        bindings.append(
-            _new_binding(
-                tenant=tenant,
-                role=KeyRole.RECOVERY,
-                alias=recovery_alias,
-                backend=key_backend(recovery_alias),
-                purpose=KeyPurpose.WRAP,
-            )
+        wanted.append(
+            (KeyRole.RECOVERY, recovery_alias, key_backend(recovery_alias), KeyPurpose.WRAP)
         )
     if Capability.SIGN in backend.capabilities:
-        bindings.append(
-            _new_binding(
-                tenant=tenant,
-                role=KeyRole.SIGNING,
-                alias=backend_alias,
-                backend=backend,
-                purpose=KeyPurpose.SIGN,
+        wanted.append((KeyRole.SIGNING, backend_alias, backend, KeyPurpose.SIGN))
+    bindings: list[tuple[KeyBackend, KeyBinding]] = []
+    try:
+        for role, alias, holder, purpose in wanted:
+            binding = _new_binding(
+                tenant=tenant, role=role, alias=alias, backend=holder, purpose=purpose
             )
-        )
+            bindings.append((holder, binding))
+    except BaseException:
+        # The rows roll back with the transaction; the keys already made in backends do not.
+        for holder, binding in bindings:
+            _destroy_quietly(holder, binding)
+        raise
     logger.info("tenant %s bound to key backend %s", tenant.slug, backend_alias)
-    return bindings
+    return [binding for _, binding in bindings]
 
 
 def signing_binding_for(*, tenant: Tenant) -> KeyBinding:
