@@ -25,6 +25,9 @@ from kms_plugins.errors import (
     ConfigurationError,
     InvalidInput,
     KeyBackendError,
+    KeyDestroyed,
+    KeyNotFound,
+    KeyStateError,
     UnsupportedCapability,
 )
 from kms_plugins.types import (
@@ -38,6 +41,11 @@ from kms_plugins.types import (
 )
 
 DEK_SIZES = frozenset({16, 24, 32})
+ALLOWED_TRANSITIONS = {
+    KeyState.PRE_ACTIVE: frozenset({KeyState.ACTIVE, KeyState.DEACTIVATED, KeyState.COMPROMISED}),
+    KeyState.ACTIVE: frozenset({KeyState.DEACTIVATED, KeyState.COMPROMISED}),
+    KeyState.DEACTIVATED: frozenset({KeyState.COMPROMISED}),
+}
 COMMON_OPTIONS = frozenset({"TIMEOUT"})
 _T = TypeVar("_T")
 _live: weakref.WeakSet[KeyBackend] = weakref.WeakSet()
@@ -177,6 +185,11 @@ class KeyBackend:
                 raise BackendUnavailable(
                     f"key backend {self.alias!r} is unreachable ({type(exc).__name__})"
                 ) from exc
+            except Exception as exc:
+                # A library's own exception: its message may echo inputs, so only its type.
+                raise KeyBackendError(
+                    f"key backend {self.alias!r} failed ({type(exc).__name__})"
+                ) from exc
 
     def _drop_quietly(self) -> None:
         """After a transient failure, forget the connection so the next call reconnects."""
@@ -209,6 +222,10 @@ class KeyBackend:
         """Add a new version, generated in the backend, which becomes the primary.
 
         Older versions keep their state: they still unwrap what they protected.
+
+        ``rotate``, ``set_state`` and ``destroy`` change a key's record in the backend and are not
+        atomic across processes: callers serialize them per key (the vault holds a lock on the
+        key's binding row). Wraps and unwraps need no such care.
         """
         self._require(Capability.ROTATE, "rotate keys")
         ref = self._call(self._rotate, key_id)
@@ -258,6 +275,17 @@ class KeyBackend:
         state = KeyState(state)
         if state in (KeyState.DESTROYED, KeyState.PRE_ACTIVE):
             raise InvalidInput(f"set_state cannot move a key to {state}")
+        info = self.describe(ref.key_id).version(ref.version)
+        if info is None:
+            raise KeyNotFound(f"no version {ref.version} of key {ref.key_id!r}")
+        if info.state == KeyState.DESTROYED:
+            raise KeyDestroyed(f"key {ref} was destroyed")
+        if info.state == state:
+            return
+        # NIST SP 800-57 and KMIP: states only move forward; a deactivated or compromised key
+        # never wraps again (rotate to get a new active version).
+        if state not in ALLOWED_TRANSITIONS.get(info.state, frozenset()):
+            raise KeyStateError(f"key {ref} cannot go from {info.state} to {state}")
         self._call(self._set_state, ref, state)
 
     def destroy(self, ref: KeyRef) -> None:

@@ -12,7 +12,9 @@ Short names stand for the built-in backends: "local", "pkcs11", "tpm", "kmip".
 from __future__ import annotations
 
 import importlib
+import os
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -63,6 +65,18 @@ def validate_config(config: Any) -> None:
             raise ConfigurationError(f"key backend {alias!r}: OPTIONS must be an object")
 
 
+_registries: weakref.WeakSet[KeyBackends] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork time would never be released in the child.
+    for registry in list(_registries):
+        registry._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class KeyBackends:
     """The configured backends of this process, each created on first use and then kept."""
 
@@ -71,6 +85,7 @@ class KeyBackends:
         self._config = {alias: dict(entry) for alias, entry in config.items()}
         self._instances: dict[str, KeyBackend] = {}
         self._lock = threading.Lock()
+        _registries.add(self)
 
     def __contains__(self, alias: object) -> bool:
         return alias in self._config

@@ -14,6 +14,12 @@ blobs kept in ``STATE_DIR`` are useless without this TPM and its storage hierarc
 - DEKs cross the TPM connection only inside a salted, parameter-encrypted HMAC session whose salt
   is encrypted to the storage key pinned in ``STATE_DIR`` on first use.
 - A signing version is an EC P-256 ECDSA/SHA-256 key under the storage key.
+- With ``PCRS`` set (``sha256:0,7``), every version created is bound to those PCRs' values at
+  creation: its authPolicy is a ``TPM2_PolicyPCR`` digest and ``userWithAuth`` is clear, so the
+  TPM lets it parent sealed DEKs (wrap: ``Create``; unwrap: ``Load``) or sign only in a policy
+  session that proves the PCRs still hold those values. Each version's metadata records its
+  policy (``pcr_policy``), so versions made with or without ``PCRS`` work whatever the current
+  setting. Changed PCRs give ``PcrPolicyMismatch`` (final, not transient).
 
 Connections: ``swtpm:host=H,port=P`` is spoken by a small Python TCTI over a socket with a
 deadline (the C swtpm TCTI blocks forever on a frozen peer); other TCTIs (``tabrmd:...``,
@@ -78,6 +84,7 @@ from tpm2_pytss import ESAPI, TCTILdr
 from tpm2_pytss.constants import (
     ESYS_TR,
     TPM2_ALG,
+    TPM2_CAP,
     TPM2_ECC,
     TPM2_RC,
     TPM2_SE,
@@ -93,6 +100,7 @@ from tpm2_pytss.types import (
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
     TPM2B_SENSITIVE_DATA,
+    TPML_PCR_SELECTION,
     TPMS_SENSITIVE_CREATE,
     TPMT_PUBLIC,
     TPMT_SIG_SCHEME,
@@ -147,11 +155,83 @@ _STORAGE_REQUIRED = (
     TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.DECRYPT
 )
 
+# PCRS: "BANK:N[,N...]" joined by "+" for several banks, e.g. "sha256:0,7" or "sha1:0+sha256:7".
+_PCR_BANKS: dict[str, TPM2_ALG] = {
+    "sha1": TPM2_ALG.SHA1,
+    "sha256": TPM2_ALG.SHA256,
+    "sha384": TPM2_ALG.SHA384,
+    "sha512": TPM2_ALG.SHA512,
+}
+_PCR_GROUP = re.compile(r"([a-z0-9]+):((?:0|[1-9][0-9]?)(?:,(?:0|[1-9][0-9]?))*)")
+_PCR_COUNT = 24  # PCRs 0-23, what the PC Client profile mandates
+_POLICY_ATTEMPTS = 3  # a policy session voided by an unrelated PCR change is started again
+
 DESTROY_ASSURANCE = (
     "destroy deletes the version's key blob from STATE_DIR; a copy of that blob (a backup, a "
     "snapshot) loaded into the same TPM can still unwrap until the TPM's storage hierarchy seed "
     "changes (TPM2_Clear or ChangePPS), which destroys every key of that TPM at once"
 )
+
+
+class PcrPolicyMismatch(KeyStateError):
+    """The key version is bound to PCR values that the TPM's PCRs no longer hold.
+
+    Final, not transient: the same call fails until the PCRs hold the values they had when the
+    version was created (typically: boot the measured configuration the key was made under).
+    """
+
+    code = "tpm_pcr_mismatch"
+
+
+# -- PCR selections -------------------------------------------------------------------------------
+
+
+def parse_pcrs(spec: object) -> str:
+    """Validate a ``PCRS`` value strictly and return its normalized form.
+
+    Syntax: ``BANK:N[,N...]``, several banks joined by ``+``; BANK is sha1, sha256, sha384 or
+    sha512, N a PCR index 0-23 in decimal. No spaces, no duplicates; banks and indices are
+    sorted in the normal form (``sha256:7,0`` becomes ``sha256:0,7``). Raises ValueError.
+    """
+    if not isinstance(spec, str):
+        raise ValueError("PCRS must be a string such as 'sha256:0,7'")
+    if not spec:
+        raise ValueError("PCRS is empty (leave it out for no PCR policy)")
+    groups: dict[str, tuple[int, ...]] = {}
+    for group in spec.split("+"):
+        match = _PCR_GROUP.fullmatch(group)
+        if match is None:
+            raise ValueError(
+                f"PCRS: cannot read {group!r}: expected BANK:N[,N...] such as 'sha256:0,7', "
+                "banks joined by '+'"
+            )
+        bank, numbers = match.group(1), match.group(2)
+        if bank not in _PCR_BANKS:
+            raise ValueError(f"PCRS: unknown bank {bank!r} (one of {', '.join(_PCR_BANKS)})")
+        if bank in groups:
+            raise ValueError(f"PCRS: bank {bank} is named twice")
+        indices = [int(n) for n in numbers.split(",")]
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"PCRS: a PCR of bank {bank} is named twice")
+        if max(indices) >= _PCR_COUNT:
+            raise ValueError(f"PCRS: PCR {max(indices)} does not exist (0-{_PCR_COUNT - 1})")
+        groups[bank] = tuple(sorted(indices))
+    return "+".join(
+        f"{bank}:{','.join(map(str, groups[bank]))}" for bank in _PCR_BANKS if bank in groups
+    )
+
+
+def _pcr_selection(pcrs: str) -> TPML_PCR_SELECTION:
+    """The TPML_PCR_SELECTION of a normalized PCRS string."""
+    return TPML_PCR_SELECTION.parse(parse_pcrs(pcrs))
+
+
+@dataclass(frozen=True)
+class _PcrPolicy:
+    """A version's PCR policy: the normalized selection and the authPolicy it yields."""
+
+    pcrs: str
+    digest: bytes
 
 
 # -- templates ------------------------------------------------------------------------------------
@@ -496,15 +576,24 @@ class TpmKeyBackend(KeyBackend):
             as an ECC P-256 storage key with AES-256-CFB (the TCG SRK shape, with the AES-256 its
             AES-256 KEKs need) and EvictControl if absent (needs an empty owner
             authorization), then pinned by its Name in STATE_DIR.
-        PCRS: reserved for a PCR policy; not implemented, refused at start-up if set.
+        PCRS: optional PCR policy for the versions this instance creates: ``BANK:N[,N...]``,
+            several banks joined by ``+`` (``sha256:0,7``; banks sha1, sha256, sha384, sha512;
+            PCRs 0-23). Each new KEK or signing version is then usable only while those PCRs hold
+            the values they had at its creation (TPM2_PolicyPCR in its authPolicy, userWithAuth
+            clear). Checked strictly at start-up; the bank must be active on the TPM (checked at
+            creation). Existing versions keep the policy recorded in their metadata, whatever
+            this option says now.
         TIMEOUT: seconds any one operation may take before it fails as BackendUnavailable.
 
     Security properties: KEK private parts exist outside the TPM only encrypted under the
     storage key; DEKs cross the TPM connection only inside a salted, parameter-encrypted session
-    whose salt key is pinned; the TPM refuses to unseal under another encryption context.
+    whose salt key is pinned; the TPM refuses to unseal under another encryption context; a
+    PCR-bound version is usable only in a policy session satisfying its PolicyPCR.
 
     Raises (besides the base class's): BackendUnavailable when the TPM is unreachable or slower
-    than TIMEOUT; ConfigurationError when the storage key is not the pinned one (a cleared TPM).
+    than TIMEOUT; ConfigurationError when the storage key is not the pinned one (a cleared TPM)
+    or a PCRS bank is not active on the TPM; PcrPolicyMismatch (final) when a PCR-bound version's
+    PCRs no longer hold their values, on wrap, unwrap and sign.
     """
 
     kind = "tpm"
@@ -551,10 +640,12 @@ class TpmKeyBackend(KeyBackend):
                 "(0x81000000-0x817FFFFF)"
             )
         self._parent_handle = handle
-        if options.get("PCRS"):
-            raise ConfigurationError(
-                f"key backend {self.alias!r}: PCRS (a PCR policy) is not implemented yet"
-            )
+        self._pcrs: str | None = None
+        if options.get("PCRS") is not None:
+            try:
+                self._pcrs = parse_pcrs(options["PCRS"])
+            except ValueError as exc:
+                raise ConfigurationError(f"key backend {self.alias!r}: {exc}") from None
         self._conn: _Connection | None = None
 
     def _connect(self) -> None:
@@ -727,6 +818,155 @@ class TpmKeyBackend(KeyBackend):
         )
         return session
 
+    # -- PCR policies ------------------------------------------------------------------------------
+
+    def _check_banks(self, conn: _Connection, pcrs: str) -> None:
+        """Every bank and PCR of ``pcrs`` is allocated on this TPM (else ConfigurationError)."""
+        _, capability = conn.esapi.get_capability(TPM2_CAP.PCRS, 0, 1)
+        active = {
+            int(s.hash): int.from_bytes(bytes(s.pcrSelect)[: s.sizeofSelect], "little")
+            for s in capability.data.assignedPCR
+        }
+        for group in pcrs.split("+"):
+            bank, _, numbers = group.partition(":")
+            mask = active.get(int(_PCR_BANKS[bank]), 0)
+            missing = [n for n in numbers.split(",") if not mask >> int(n) & 1]
+            if missing:
+                raise ConfigurationError(
+                    f"key backend {self.alias!r}: PCRS names PCR {missing[0]} of bank {bank}, "
+                    "which is not active on this TPM"
+                )
+
+    def _new_pcr_policy(self, conn: _Connection, pcrs: str) -> _PcrPolicy:
+        """The PolicyPCR digest over the PCRs' current values, computed by the TPM (a trial)."""
+        self._check_banks(conn, pcrs)
+        trial = conn.esapi.start_auth_session(
+            tpm_key=ESYS_TR.NONE,
+            bind=ESYS_TR.NONE,
+            session_type=TPM2_SE.TRIAL,
+            symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+            auth_hash=TPM2_ALG.SHA256,
+        )
+        with self._flushing(conn, trial):
+            # An empty pcrDigest: the TPM takes the selected PCRs' values as they are now.
+            conn.esapi.policy_pcr(trial, None, _pcr_selection(pcrs))
+            digest = bytes(conn.esapi.policy_get_digest(trial))
+        return _PcrPolicy(pcrs=pcrs, digest=digest)
+
+    def _version_policy(
+        self, ref: KeyRef, version: dict[str, Any], public: TPM2B_PUBLIC
+    ) -> _PcrPolicy | None:
+        """The PCR policy a version's metadata records, checked against its blob's public area."""
+        record = version.get("pcr_policy")
+        area = public.publicArea
+        auth_policy = bytes(area.authPolicy)
+        with_auth = bool(int(area.objectAttributes) & int(TPMA_OBJECT.USERWITHAUTH))
+        if record is None:
+            if auth_policy or not with_auth:
+                raise KeyBackendError(
+                    f"key backend {self.alias!r}: the blob of {ref} carries a policy its "
+                    "metadata does not record"
+                )
+            return None
+        try:
+            policy = _PcrPolicy(
+                pcrs=parse_pcrs(record["pcrs"]), digest=bytes.fromhex(record["policy_digest"])
+            )
+        except (KeyError, TypeError, ValueError):
+            raise KeyBackendError(
+                f"key backend {self.alias!r}: the PCR policy recorded for {ref} is malformed"
+            ) from None
+        if with_auth or not hmac.compare_digest(auth_policy, policy.digest):
+            raise KeyBackendError(
+                f"key backend {self.alias!r}: the blob of {ref} does not carry the PCR policy "
+                "its metadata records"
+            )
+        return policy
+
+    def _policy_session(
+        self, conn: _Connection, ref: KeyRef, policy: _PcrPolicy, *, encrypt: bool
+    ) -> Any:
+        """A policy session satisfying ``policy`` now; PcrPolicyMismatch if the PCRs changed.
+
+        With ``encrypt`` it is salted to the pinned storage key and encrypts the first command
+        and response parameters, like ``_encrypted_session``: it both authorizes the key and
+        keeps the DEK off the wire in clear.
+        """
+        session = conn.esapi.start_auth_session(
+            tpm_key=conn.primary if encrypt else ESYS_TR.NONE,
+            bind=ESYS_TR.NONE,
+            session_type=TPM2_SE.POLICY,
+            symmetric=TPMT_SYM_DEF(
+                algorithm=TPM2_ALG.AES,
+                keyBits={"aes": 256},
+                mode={"aes": TPM2_ALG.CFB},
+            ),
+            auth_hash=TPM2_ALG.SHA256,
+        )
+        try:
+            if encrypt:
+                conn.esapi.trsess_set_attributes(
+                    session,
+                    TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT | TPMA_SESSION.CONTINUESESSION,
+                )
+            conn.esapi.policy_pcr(session, None, _pcr_selection(policy.pcrs))
+            if not hmac.compare_digest(bytes(conn.esapi.policy_get_digest(session)), policy.digest):
+                raise self._pcr_mismatch(ref, policy)
+        except BaseException:
+            if not conn.tcti.failure:
+                with contextlib.suppress(TSS2_Exception):
+                    conn.esapi.flush_context(session)
+            raise
+        return session
+
+    def _pcr_mismatch(self, ref: KeyRef, policy: _PcrPolicy) -> PcrPolicyMismatch:
+        return PcrPolicyMismatch(
+            f"key backend {self.alias!r}: {ref} is bound to PCRs {policy.pcrs}, which no longer "
+            "hold the values they had when it was created"
+        )
+
+    def _authorized(
+        self,
+        conn: _Connection,
+        ref: KeyRef,
+        policy: _PcrPolicy | None,
+        command: Any,
+        *,
+        encrypt: bool,
+    ) -> Any:
+        """Run ``command(session)`` with the session that authorizes the key version ``ref``.
+
+        Without a PCR policy: the salted, encrypting HMAC session when ``encrypt``, else
+        password authorization (``ESYS_TR.PASSWORD``). With one: a policy session, started again
+        if an unrelated PCR change voided it (TPM_RC_PCR_CHANGED); a policy check that fails at
+        the command itself is PcrPolicyMismatch.
+        """
+        if policy is None:
+            if not encrypt:
+                return command(ESYS_TR.PASSWORD)
+            with self._flushing(conn, self._encrypted_session(conn)) as session:
+                return command(session)
+        for attempt in range(_POLICY_ATTEMPTS):
+            with self._flushing(
+                conn, self._policy_session(conn, ref, policy, encrypt=encrypt)
+            ) as session:
+                try:
+                    return command(session)
+                except TSS2_Exception as exc:
+                    if isinstance(exc, _TctiFailure) or conn.tcti.failure:
+                        raise
+                    error = int(exc.error)
+                    if error == int(TPM2_RC.PCR_CHANGED) and attempt + 1 < _POLICY_ATTEMPTS:
+                        continue
+                    if error == int(TPM2_RC.PCR_CHANGED):
+                        raise BackendUnavailable(
+                            f"key backend {self.alias!r}: PCRs kept changing during the call"
+                        ) from None
+                    if error == int(TPM2_RC.POLICY_FAIL):
+                        raise self._pcr_mismatch(ref, policy) from None
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     @staticmethod
     @contextlib.contextmanager
     def _flushing(conn: _Connection, handle: Any) -> Iterator[Any]:
@@ -785,14 +1025,26 @@ class TpmKeyBackend(KeyBackend):
 
     # -- hooks -------------------------------------------------------------------------------------
 
-    def _create_object(self, purpose: KeyPurpose) -> tuple[bytes, str, str | None]:
+    def _create_object(
+        self, purpose: KeyPurpose
+    ) -> tuple[bytes, str, str | None, _PcrPolicy | None]:
         template = _kek_template() if purpose == KeyPurpose.WRAP else _sign_template()
+        policy = None
         with self._tpm() as conn:
+            if self._pcrs is not None:
+                policy = self._new_pcr_policy(conn, self._pcrs)
+                # Only the policy authorizes use: without userWithAuth the TPM refuses the
+                # (empty) password and HMAC paths for this key.
+                template.publicArea.authPolicy = policy.digest
+                template.publicArea.objectAttributes &= ~TPMA_OBJECT.USERWITHAUTH
             private, public, *_ = conn.esapi.create(conn.primary, None, template)
         pem = public.publicArea.to_pem().decode() if purpose == KeyPurpose.SIGN else None
-        return _BLOB_VERSION + private.marshal() + public.marshal(), _name_hex(public), pem
+        blob = _BLOB_VERSION + private.marshal() + public.marshal()
+        return blob, _name_hex(public), pem, policy
 
-    def _new_version(self, number: int, name: str, pem: str | None) -> dict[str, Any]:
+    def _new_version(
+        self, number: int, name: str, pem: str | None, policy: _PcrPolicy | None
+    ) -> dict[str, Any]:
         now = _now()
         version: dict[str, Any] = {
             "version": number,
@@ -802,6 +1054,12 @@ class TpmKeyBackend(KeyBackend):
             "deactivated": None,
             "destroyed": None,
             "name": name,
+            # Which PCR policy gates this version (null: none); use follows this record, not PCRS.
+            "pcr_policy": (
+                None
+                if policy is None
+                else {"pcrs": policy.pcrs, "policy_digest": policy.digest.hex()}
+            ),
         }
         if pem is not None:
             version["public_pem"] = pem
@@ -809,14 +1067,14 @@ class TpmKeyBackend(KeyBackend):
 
     def _create_key(self, purpose: KeyPurpose) -> KeyRef:
         key_id = uuid.uuid4().hex
-        blob, name, pem = self._create_object(purpose)
+        blob, name, pem, policy = self._create_object(purpose)
         directory = self._key_dir(key_id)
         directory.mkdir(mode=0o700, parents=True)
         _write_atomic(directory / "v1.blob", blob)
         meta = {
             "key_id": key_id,
             "purpose": str(purpose),
-            "versions": [self._new_version(1, name, pem)],
+            "versions": [self._new_version(1, name, pem, policy)],
         }
         self._write_meta(key_id, meta)
         return KeyRef(key_id, 1)
@@ -827,9 +1085,9 @@ class TpmKeyBackend(KeyBackend):
         with self._file_lock(directory / ".lock"):
             meta = self._read_meta(key_id)
             number = max(v["version"] for v in meta["versions"]) + 1
-            blob, name, pem = self._create_object(KeyPurpose(meta["purpose"]))
+            blob, name, pem, policy = self._create_object(KeyPurpose(meta["purpose"]))
             _write_atomic(directory / f"v{number}.blob", blob)
-            meta["versions"].append(self._new_version(number, name, pem))
+            meta["versions"].append(self._new_version(number, name, pem, policy))
             self._write_meta(key_id, meta)
         return KeyRef(key_id, number)
 
@@ -846,6 +1104,9 @@ class TpmKeyBackend(KeyBackend):
         number = self._primary_version(meta, KeyPurpose.WRAP)
         kek_private, kek_public = self._read_blob(key_id, number)
         ref = KeyRef(key_id, number)
+        version = self._version(meta, number)
+        assert version is not None  # noqa: S101  (_primary_version found it)
+        policy = self._version_policy(ref, version, kek_public)
         aad = wrap_aad(ref, MECHANISM, context)
         sensitive = TPM2B_SENSITIVE_CREATE(
             TPMS_SENSITIVE_CREATE(
@@ -856,12 +1117,17 @@ class TpmKeyBackend(KeyBackend):
         with self._tpm() as conn:
             kek = conn.esapi.load(conn.primary, kek_private, kek_public)
             with self._flushing(conn, kek):
-                session = self._encrypted_session(conn)
-                with self._flushing(conn, session):
-                    # The session encrypts inSensitive: the DEK and authValue never cross in clear.
-                    private, public, *_ = conn.esapi.create(
+                # The session (HMAC, or policy for a PCR-bound KEK) is salted and encrypts
+                # inSensitive: the DEK and authValue never cross in clear.
+                private, public, *_ = self._authorized(
+                    conn,
+                    ref,
+                    policy,
+                    lambda session: conn.esapi.create(
                         kek, sensitive, _sealed_template(), session1=session
-                    )
+                    ),
+                    encrypt=True,
+                )
         return WrappedKey(
             backend=self.kind,
             key=ref,
@@ -889,12 +1155,21 @@ class TpmKeyBackend(KeyBackend):
         if not _is_sealed_public(public):
             raise UnwrapFailed("the wrapped key did not open")
         kek_private, kek_public = self._read_blob(ref.key_id, ref.version)
+        policy = self._version_policy(ref, version, kek_public)
         aad = wrap_aad(ref, wrapped.mechanism, context)
         with self._tpm() as conn:
             kek = conn.esapi.load(conn.primary, kek_private, kek_public)
             with self._flushing(conn, kek):
                 try:
-                    sealed = conn.esapi.load(kek, private, public)
+                    # Loading under a PCR-bound KEK needs its policy: Load carries no secret,
+                    # so that policy session is neither salted nor encrypting.
+                    sealed = self._authorized(
+                        conn,
+                        ref,
+                        policy,
+                        lambda session: conn.esapi.load(kek, private, public, session1=session),
+                        encrypt=False,
+                    )
                 except TSS2_Exception as exc:
                     raise self._unwrap_error(exc) from None
                 with self._flushing(conn, sealed):
@@ -990,16 +1265,38 @@ class TpmKeyBackend(KeyBackend):
         meta = self._read_meta(key_id)
         number = self._primary_version(meta, KeyPurpose.SIGN)
         private, public = self._read_blob(key_id, number)
+        ref = KeyRef(key_id, number)
+        version = self._version(meta, number)
+        assert version is not None  # noqa: S101  (_primary_version found it)
+        policy = self._version_policy(ref, version, public)
         digest = hashlib.sha256(data).digest()
         scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
         scheme.details.ecdsa.hashAlg = TPM2_ALG.SHA256
         with self._tpm() as conn:
             key = conn.esapi.load(conn.primary, private, public)
             with self._flushing(conn, key):
-                signature = conn.esapi.sign(key, digest, scheme)
+                signature = self._authorized(
+                    conn,
+                    ref,
+                    policy,
+                    lambda session: conn.esapi.sign(key, digest, scheme, session1=session),
+                    encrypt=False,
+                )
         r = int.from_bytes(bytes(signature.signature.ecdsa.signatureR), "big")
         s = int.from_bytes(bytes(signature.signature.ecdsa.signatureS), "big")
-        return KeyRef(key_id, number), encode_dss_signature(r, s)
+        return ref, encode_dss_signature(r, s)
+
+    def pcr_policy(self, ref: KeyRef) -> str | None:
+        """The PCRs (normalized ``PCRS`` form) a version is bound to, or None if unbound.
+
+        What the version's metadata records; ``KeyInfo`` has no field for it. Reads files only.
+        """
+        meta = self._read_meta(ref.key_id)
+        version = self._version(meta, ref.version)
+        if version is None:
+            raise KeyNotFound(f"key backend {self.alias!r}: no version {ref}")
+        record = version.get("pcr_policy")
+        return None if record is None else str(record["pcrs"])
 
     def _public_key(self, ref: KeyRef) -> bytes:
         meta = self._read_meta(ref.key_id)

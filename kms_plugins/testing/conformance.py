@@ -45,6 +45,7 @@ __all__ = [
     "test_it_stays_correct_under_eight_threads",
     "test_no_secret_reaches_repr_logs_or_errors",
     "test_rotation_keeps_older_versions_unwrapping",
+    "test_states_only_move_forward",
     "test_unknown_keys_are_not_found",
     "test_wrong_context_fails",
     "test_wrong_version_fails",
@@ -152,6 +153,25 @@ def test_a_deactivated_or_compromised_version_unwraps_but_does_not_wrap(
     assert info is not None
     assert info.state == state
     assert info.deactivated is not None
+
+
+def test_states_only_move_forward(backend_harness: BackendHarness) -> None:
+    """A deactivated or compromised version never becomes active again (rotate instead)."""
+    backend = backend_harness.backend
+    ref = backend.create_key()
+    backend.set_state(ref, KeyState.DEACTIVATED)
+    with pytest.raises(KeyStateError):
+        backend.set_state(ref, KeyState.ACTIVE)
+    backend.set_state(ref, KeyState.COMPROMISED)
+    with pytest.raises(KeyStateError):
+        backend.set_state(ref, KeyState.ACTIVE)
+    with pytest.raises(KeyStateError):
+        backend.set_state(ref, KeyState.DEACTIVATED)
+    with pytest.raises(KeyStateError):
+        backend.wrap(ref.key_id, _dek(), CONTEXT)
+    info = backend.describe(ref.key_id).version(1)
+    assert info is not None
+    assert info.state == KeyState.COMPROMISED
 
 
 def test_a_destroyed_version_neither_wraps_nor_unwraps(backend_harness: BackendHarness) -> None:

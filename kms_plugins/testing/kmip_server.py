@@ -32,6 +32,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -442,6 +443,7 @@ def backend_options(server: KmipServerProcess, **overrides: Any) -> dict[str, An
         "KEY_FILE": str(server.client_key_encrypted),
         "KEY_PASSWORD": server.client_key_password,
         "OPERATION_POLICY_NAME": POLICY_NAME,
+        "SERVER_REFUSES_GET": True,  # the policy written here does, and a test proves it
         "TIMEOUT": 3,
     }
     options.update(overrides)
@@ -483,7 +485,18 @@ def _spec_conformant_engine() -> type:
     decrypt_states = {enums.State.ACTIVE, enums.State.DEACTIVATED, enums.State.COMPROMISED}
 
     class _SpecConformantEngine(engine.KmipEngine):
-        _authorize_as: Any = None
+        # PyKMIP serves each connection in its own thread, all sharing this engine: the
+        # operation being authorised must be per thread, or a Get on one connection would be
+        # authorised as another connection's in-flight Encrypt.
+        _authorizing = threading.local()
+
+        @property
+        def _authorize_as(self) -> Any:
+            return getattr(self._authorizing, "operation", None)
+
+        @_authorize_as.setter
+        def _authorize_as(self, value: Any) -> None:
+            self._authorizing.operation = value
 
         def _get_object_with_access_controls(self, uid: Any, operation: Any) -> Any:
             # Upstream passes GET for Encrypt and Decrypt; use the operation's own entry.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,17 @@ def _manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 @pytest.fixture
 def production_env(tmp_path) -> dict[str, str]:
+    # A production-safe key backend; only its configuration is read by the checks.
+    module = tmp_path / "libvendor-pkcs11.so"
+    module.write_bytes(b"")
+    pin = tmp_path / "hsm-pin"
+    pin.write_text("123456")
+    backends = {
+        "hsm": {
+            "BACKEND": "pkcs11",
+            "OPTIONS": {"MODULE": str(module), "TOKEN_LABEL": "vault", "PIN_FILE": str(pin)},
+        }
+    }
     key_file = tmp_path / "secret_key"
     key_file.write_text("k" * 20 + "-production-like-secret-key-for-the-deploy-check-0123456789\n")
     return {
@@ -40,6 +52,7 @@ def production_env(tmp_path) -> dict[str, str]:
         "VAULT_DATA_DIR": str(tmp_path / "data"),
         "REDIS_URL": "redis://127.0.0.1:6379/0",
         "DATABASE_URL": "postgres://vault@db.example.com:5432/vault",
+        "VAULT_KEY_BACKENDS": json.dumps(backends),
     }
 
 

@@ -99,13 +99,26 @@ def test_the_keystore_holds_no_key_in_clear(tmp_path) -> None:
     assert oct((tmp_path / "m").stat().st_mode & 0o777) == "0o600"
 
 
+class CountingLocal(LocalKeyBackend):
+    """Records which processes opened it."""
+
+    def _connect(self) -> None:
+        with open(self._options["CONNECTS"], "a") as log:
+            log.write(f"{os.getpid()}\n")
+        super()._connect()
+
+    option_names = LocalKeyBackend.option_names | {"CONNECTS"}
+
+
 def _use_in_child(backend: KeyBackend, key_id: str, out: multiprocessing.Queue) -> None:
     dek = os.urandom(32)
     out.put(backend.unwrap(backend.wrap(key_id, dek, CONTEXT), CONTEXT) == dek and os.getpid())
 
 
-def test_a_forked_process_reopens_the_backend(config) -> None:
-    backend = KeyBackends(config)["soft"]
+def test_a_forked_process_reopens_the_backend(config, tmp_path) -> None:
+    connects = tmp_path / "connects"
+    options = {**config["soft"]["OPTIONS"], "CONNECTS": str(connects)}
+    backend = CountingLocal("soft", options)
     ref = backend.create_key()
     backend.wrap(ref.key_id, b"x" * 32, CONTEXT)  # the parent has it open
     context = multiprocessing.get_context("fork")
@@ -120,6 +133,9 @@ def test_a_forked_process_reopens_the_backend(config) -> None:
         child.join(timeout=60)
     assert all(isinstance(pid, int) and pid != os.getpid() for pid in results), results
     assert all(child.exitcode == 0 for child in children)
+    opened_by = [int(line) for line in connects.read_text().split()]
+    assert opened_by[0] == os.getpid()
+    assert sorted(opened_by[1:]) == sorted(results), "each child opened its own connection"
     rotated = backend.rotate(ref.key_id)  # the parent still works after its children ran
     assert rotated.version == 2
 
@@ -143,3 +159,55 @@ def test_the_context_is_canonical_and_binds_the_key_version() -> None:
     assert one != wrap_aad(KeyRef("k", 2), "A256GCM", CONTEXT)
     assert one != wrap_aad(KeyRef("k", 1), "KW", CONTEXT)
     assert one != wrap_aad(KeyRef("k", 1), "A256GCM", {**CONTEXT, "version": "2"})
+
+
+def test_kms_plugins_imports_without_django() -> None:
+    """The client and third-party backends use kms_plugins on machines without Django."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['django'] = None\n"
+        "import kms_plugins, kms_plugins.base, kms_plugins.config, kms_plugins.local\n"
+        "import kms_plugins.pkcs11, kms_plugins.kmip, kms_plugins.tpm, kms_plugins.testing\n"
+        "print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_the_wrap_binds_the_version_even_where_versions_share_material(config, monkeypatch) -> None:
+    """Relabelling a wrapped key as another version fails because of the associated data alone."""
+    import dataclasses
+
+    from kms_plugins.errors import UnwrapFailed
+
+    backend = KeyBackends(config)["soft"]
+    ref = backend.create_key()
+    backend.rotate(ref.key_id)
+    same = os.urandom(32)
+    monkeypatch.setattr(backend, "_secret", lambda ref, version: same)
+    wrapped = backend.wrap(ref.key_id, b"d" * 32, CONTEXT)
+    assert backend.unwrap(wrapped, CONTEXT) == b"d" * 32
+    relabelled = dataclasses.replace(wrapped, key=KeyRef(ref.key_id, 1))
+    with pytest.raises(UnwrapFailed):
+        backend.unwrap(relabelled, CONTEXT)
+
+
+def test_a_library_exception_is_reported_by_type_only(config, monkeypatch) -> None:
+    from kms_plugins.errors import KeyBackendError
+
+    backend = KeyBackends(config)["soft"]
+    ref = backend.create_key()
+
+    def explode(*args):
+        raise ValueError("secret-looking detail 1234")
+
+    monkeypatch.setattr(backend, "_wrap", explode)
+    with pytest.raises(KeyBackendError) as caught:
+        backend.wrap(ref.key_id, b"d" * 32, CONTEXT)
+    assert "ValueError" in str(caught.value)
+    assert "1234" not in str(caught.value)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,13 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kms_plugins.errors import BackendUnavailable, ConfigurationError, KeyDestroyed, UnwrapFailed
+from kms_plugins.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    KeyDestroyed,
+    KeyStateError,
+    UnwrapFailed,
+)
 from kms_plugins.testing import swtpm as harness
 from kms_plugins.types import KeyPurpose, KeyState
 
@@ -28,7 +36,16 @@ pytestmark = [
 ]
 
 if harness.available() is None:
-    from kms_plugins.tpm import DESTROY_ASSURANCE, TpmKeyBackend
+    from tpm2_pytss.constants import TPM2_RC, TPMA_OBJECT
+    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+
+    from kms_plugins.tpm import (
+        DESTROY_ASSURANCE,
+        PcrPolicyMismatch,
+        TpmKeyBackend,
+        _split_blob,
+        parse_pcrs,
+    )
 
 CONTEXT = {"tenant": "t-1", "object": "o-1"}
 
@@ -39,8 +56,13 @@ def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.SwtpmPro
         yield process
 
 
-def _backend(tcti: str, state_dir: Path, timeout: float = 5) -> TpmKeyBackend:
-    return TpmKeyBackend("tpm", {"TCTI": tcti, "STATE_DIR": str(state_dir), "TIMEOUT": timeout})
+def _backend(
+    tcti: str, state_dir: Path, timeout: float = 5, pcrs: str | None = None
+) -> TpmKeyBackend:
+    options: dict[str, Any] = {"TCTI": tcti, "STATE_DIR": str(state_dir), "TIMEOUT": timeout}
+    if pcrs is not None:
+        options["PCRS"] = pcrs
+    return TpmKeyBackend("tpm", options)
 
 
 @pytest.fixture
@@ -183,11 +205,162 @@ def test_it_refuses_a_storage_key_other_than_the_pinned_one(
         other.close()
 
 
-def test_pcr_policies_are_refused_until_implemented(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError):
-        TpmKeyBackend(
-            "tpm", {"TCTI": "swtpm:port=1", "STATE_DIR": str(tmp_path), "PCRS": "sha256:7"}
-        )
+# -- PCR policies ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pcrs",
+    [
+        "",
+        "sha256",
+        "sha256:",
+        "sha256:7,",
+        "sha256:24",
+        "sha256:0,0",
+        "sha256:07",
+        "sha256:-1",
+        "sha256: 0",
+        "sha256:0;7",
+        "sha256:0\n",
+        " sha256:0",
+        "SHA256:0",
+        "md5:0",
+        "sha256:0+sha256:7",
+        "sha256:0+",
+        "0,7",
+        7,
+        ["sha256:0"],
+    ],
+    ids=repr,
+)
+def test_a_bad_pcrs_value_is_a_configuration_error(pcrs: object, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="PCRS"):
+        TpmKeyBackend("tpm", {"TCTI": "swtpm:port=1", "STATE_DIR": str(tmp_path), "PCRS": pcrs})
+
+
+def test_pcrs_values_are_normalized() -> None:
+    assert parse_pcrs("sha256:0,7") == "sha256:0,7"
+    assert parse_pcrs("sha256:7,0+sha1:23") == "sha1:23+sha256:0,7"
+    assert parse_pcrs("sha512:10,2,1") == "sha512:1,2,10"
+
+
+def _extend(swtpm: harness.SwtpmProcess, pcr: int) -> None:
+    """TPM2_PCR_Extend of one sha256 PCR, by tpm2-tools' own client on that swtpm."""
+    subprocess.run(
+        ["tpm2_pcrextend", "-T", swtpm.tcti, f"{pcr}:sha256={hashlib.sha256(b'x').hexdigest()}"],
+        env={**os.environ, "TSS2_LOG": "all+none"},
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+
+
+def _refuses_with_pcr_mismatch(call: Any, *args: Any) -> None:
+    # Raised, so nothing (no DEK, no wrapped key, no signature) is returned.
+    with pytest.raises(PcrPolicyMismatch) as caught:
+        call(*args)
+    error = caught.value
+    assert isinstance(error, KeyStateError)
+    assert error.code == "tpm_pcr_mismatch"
+    assert error.transient is False
+    assert "sha256:0,7" in str(error)
+
+
+def test_a_pcr_bound_key_works_only_while_its_pcrs_hold_their_values(tmp_path: Path) -> None:
+    # Its own swtpm: extending PCRs must not disturb the module's shared one.
+    with harness.running_swtpm(tmp_path / "swtpm") as swtpm:
+        bound = _backend(swtpm.tcti, tmp_path / "keys", pcrs="sha256:7,0")
+        unbound = _backend(swtpm.tcti, tmp_path / "keys")  # same STATE_DIR, no PCRS
+        try:
+            kek = bound.create_key()
+            signer = bound.create_key(purpose=KeyPurpose.SIGN)
+            plain = unbound.create_key()
+            assert bound.pcr_policy(kek) == bound.pcr_policy(signer) == "sha256:0,7"
+            assert unbound.pcr_policy(plain) is None
+
+            # The blob carries the policy and no password path; the metadata records it.
+            meta = json.loads((tmp_path / "keys" / "keys" / kek.key_id / "meta.json").read_text())
+            record = meta["versions"][0]["pcr_policy"]
+            assert record["pcrs"] == "sha256:0,7"
+            private, public = bound._read_blob(kek.key_id, 1)
+            assert bytes(public.publicArea.authPolicy).hex() == record["policy_digest"]
+            assert not int(public.publicArea.objectAttributes) & int(TPMA_OBJECT.USERWITHAUTH)
+
+            dek = os.urandom(32)
+            wrapped = bound.wrap(kek.key_id, dek, CONTEXT)
+            assert bound.unwrap(wrapped, CONTEXT) == dek
+            # Use follows the version's record, not the instance's PCRS.
+            assert unbound.unwrap(wrapped, CONTEXT) == dek
+            assert unbound.unwrap(unbound.wrap(kek.key_id, dek, CONTEXT), CONTEXT) == dek
+            with pytest.raises(UnwrapFailed):
+                bound.unwrap(wrapped, {**CONTEXT, "object": "o-2"})  # the context still binds
+            _, signature = bound.sign(signer.key_id, b"checkpoint")
+            assert bound.verify(signer, b"checkpoint", signature)
+            plain_dek = os.urandom(32)
+            plain_wrapped = bound.wrap(plain.key_id, plain_dek, CONTEXT)
+
+            # The password path cannot bypass the policy: the TPM refuses it outright.
+            sealed_private, sealed_public = _split_blob(wrapped.ciphertext)
+            with bound._tpm() as conn:
+                handle = conn.esapi.load(conn.primary, private, public)
+                with bound._flushing(conn, handle):
+                    with pytest.raises(TSS2_Exception) as refused:
+                        conn.esapi.load(handle, sealed_private, sealed_public)  # password auth
+                    assert int(refused.value.error) == int(TPM2_RC.AUTH_UNAVAILABLE)
+
+            _extend(swtpm, 7)
+
+            for backend in (bound, unbound):
+                _refuses_with_pcr_mismatch(backend.unwrap, wrapped, CONTEXT)
+                _refuses_with_pcr_mismatch(backend.wrap, kek.key_id, dek, CONTEXT)
+                _refuses_with_pcr_mismatch(backend.sign, signer.key_id, b"checkpoint")
+            # A key made without PCRS on the same TPM is not affected.
+            assert bound.unwrap(plain_wrapped, CONTEXT) == plain_dek
+            assert unbound.unwrap(unbound.wrap(plain.key_id, dek, CONTEXT), CONTEXT) == dek
+            # A version rotated in without PCRS is unbound, while v1 stays bound.
+            second = unbound.rotate(kek.key_id)
+            assert unbound.pcr_policy(second) is None
+            again = bound.wrap(kek.key_id, dek, CONTEXT)
+            assert again.key == second
+            assert bound.unwrap(again, CONTEXT) == dek
+            _refuses_with_pcr_mismatch(bound.unwrap, wrapped, CONTEXT)
+            # A key created now is bound to the values the PCRs hold now.
+            later = bound.create_key()
+            later_wrapped = bound.wrap(later.key_id, dek, CONTEXT)
+            assert bound.unwrap(later_wrapped, CONTEXT) == dek
+
+            # A TPM restart resets the PCRs (startup clear): the first key works again, the
+            # later one, bound to the extended value, does not.
+            swtpm.stop()
+            swtpm.start()
+            assert bound.unwrap(wrapped, CONTEXT) == dek
+            _, signature = unbound.sign(signer.key_id, b"checkpoint")
+            assert unbound.verify(signer, b"checkpoint", signature)
+            _refuses_with_pcr_mismatch(bound.unwrap, later_wrapped, CONTEXT)
+            assert bound.health().ok
+        finally:
+            bound.close()
+            unbound.close()
+
+
+@pytest.mark.skipif(shutil.which("swtpm_setup") is None, reason="swtpm_setup is not installed")
+def test_a_pcr_bank_the_tpm_does_not_have_is_a_configuration_error(tmp_path: Path) -> None:
+    state = tmp_path / "swtpm"
+    state.mkdir()
+    subprocess.run(
+        ["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--pcr-banks", "sha256"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    with harness.running_swtpm(state) as swtpm:
+        backend = _backend(swtpm.tcti, tmp_path / "keys", pcrs="sha1:0")
+        try:
+            with pytest.raises(ConfigurationError, match="not active"):
+                backend.create_key()
+            assert list((tmp_path / "keys").glob("keys/*")) == []
+        finally:
+            backend.close()
 
 
 # -- the bytes on the wire ------------------------------------------------------------------------
@@ -240,13 +413,15 @@ class RecordingProxy:
         self._listener.close()
 
 
+@pytest.mark.parametrize("pcrs", [None, "sha256:0,7"], ids=["hmac-session", "pcr-policy"])
 def test_no_data_key_crosses_the_tpm_connection_in_clear(
-    swtpm: harness.SwtpmProcess, tmp_path: Path
+    swtpm: harness.SwtpmProcess, tmp_path: Path, pcrs: str | None
 ) -> None:
     proxy = RecordingProxy(swtpm.port)
-    backend = _backend(f"swtpm:host=127.0.0.1,port={proxy.port}", tmp_path / "keys")
+    backend = _backend(f"swtpm:host=127.0.0.1,port={proxy.port}", tmp_path / "keys", pcrs=pcrs)
     try:
         ref = backend.create_key()
+        assert backend.pcr_policy(ref) == pcrs
         dek = os.urandom(32)
         wrapped = backend.wrap(ref.key_id, dek, CONTEXT)
         assert backend.unwrap(wrapped, CONTEXT) == dek

@@ -6,6 +6,7 @@ use; ``kms_plugins`` takes care of that.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -40,6 +41,15 @@ def reset() -> None:
         if _backends is not None:
             _backends.close_all()
         _backends = None
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork time would never be released in the child.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from django.conf import settings
@@ -59,17 +60,23 @@ def platform_signing_binding(*, create: bool = True) -> KeyBinding:
     backend = key_backend(alias)
     if Capability.SIGN not in backend.capabilities:
         raise NoSigningBackend(f"VAULT_SIGNING_BACKEND {alias!r} ({backend.kind}) cannot sign")
+    ref = backend.create_key(purpose=KeyPurpose.SIGN)
+    info = backend.describe(ref.key_id).version(ref.version)
+    assert info is not None  # noqa: S101  (the backend just created it)
     try:
         with transaction.atomic():
-            return _new_binding(
+            return KeyBinding.objects.create(
                 tenant=None,
                 role=KeyRole.SIGNING,
-                alias=alias,
-                backend=backend,
-                purpose=KeyPurpose.SIGN,
+                backend_alias=alias,
+                backend_kind=backend.kind,
+                key_id=ref.key_id,
+                fingerprint=info.fingerprint,
             )
     except IntegrityError:
-        # Another process made the platform key at the same moment: use theirs.
+        # Another process made the platform key at the same moment: use theirs, drop ours.
+        with contextlib.suppress(Exception):
+            backend.destroy(ref)
         return KeyBinding.objects.get(tenant__isnull=True, role=KeyRole.SIGNING)
 
 
