@@ -1,0 +1,81 @@
+"""Ciphervault's cryptography: the envelope format (``docs/format.md``). Django-free.
+
+Importable without Django, by the ``cvault`` client and the vault apps alike. The public names
+below are the supported interface; everything else in the package is private.
+"""
+
+from __future__ import annotations
+
+from vault.crypto.envelope import (
+    DEFAULT_SEGMENT_SIZE,
+    DEK_SIZE,
+    FORMAT_VERSION,
+    MAX_HEADER_SIZE,
+    MAX_SEGMENT_SIZE,
+    MAX_STANZAS,
+    MIN_SEGMENT_SIZE,
+    TAG_SIZE,
+    Decryptor,
+    Encryptor,
+    EnvelopeHeader,
+    RangePlan,
+    body_size,
+    decrypt,
+    decrypt_iter,
+    decrypt_stream,
+    encrypt,
+    encrypt_iter,
+    encrypt_stream,
+    parse_header,
+    plaintext_size,
+    plan_range,
+    read_header,
+    replace_stanzas,
+    select_stanza,
+    split_envelope,
+    unwrap_dek,
+)
+from vault.crypto.errors import (
+    AuthenticationFailed,
+    EnvelopeError,
+    EnvelopeFormatError,
+    InvalidEnvelopeParameters,
+    NoMatchingStanza,
+    UnsupportedEnvelope,
+)
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "DEK_SIZE",
+    "FORMAT_VERSION",
+    "MAX_HEADER_SIZE",
+    "MAX_SEGMENT_SIZE",
+    "MAX_STANZAS",
+    "MIN_SEGMENT_SIZE",
+    "TAG_SIZE",
+    "AuthenticationFailed",
+    "Decryptor",
+    "Encryptor",
+    "EnvelopeError",
+    "EnvelopeFormatError",
+    "EnvelopeHeader",
+    "InvalidEnvelopeParameters",
+    "NoMatchingStanza",
+    "RangePlan",
+    "UnsupportedEnvelope",
+    "body_size",
+    "decrypt",
+    "decrypt_iter",
+    "decrypt_stream",
+    "encrypt",
+    "encrypt_iter",
+    "encrypt_stream",
+    "parse_header",
+    "plaintext_size",
+    "plan_range",
+    "read_header",
+    "replace_stanzas",
+    "select_stanza",
+    "split_envelope",
+    "unwrap_dek",
+]
