@@ -56,6 +56,7 @@ try:
     VAULT_PASSWORD_HISTORY = env_int("VAULT_PASSWORD_HISTORY", 4, minimum=4)
     VAULT_TOKEN_DEFAULT_DAYS = env_int("VAULT_TOKEN_DEFAULT_DAYS", 90, minimum=1)
     VAULT_TOKEN_MAX_DAYS = env_int("VAULT_TOKEN_MAX_DAYS", 365, minimum=1)
+    VAULT_MAX_OBJECT_BYTES = env_int("VAULT_MAX_OBJECT_BYTES", 5 * 1024**3, minimum=1)
     VAULT_AUTH_FAILURE_LIMIT = env_int("VAULT_AUTH_FAILURE_LIMIT", 20, minimum=1)
     VAULT_AUTH_FAILURE_WINDOW = env_int("VAULT_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1)
     VAULT_KEY_BACKENDS = env_json("VAULT_KEY_BACKENDS", None)
@@ -129,6 +130,7 @@ INSTALLED_APPS = [
     "vault.tenants",
     "vault.tokens",
     "vault.keys",
+    "vault.objects",
     "vault.api",
     "vault.console",
     "compliance",

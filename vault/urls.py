@@ -33,6 +33,7 @@ admin.site.__class__ = VaultAdminSite
 api_v1 = [
     path("", include("vault.tenants.api.urls")),
     path("", include("vault.tokens.api.urls")),
+    path("", include("vault.objects.api.urls")),
 ]
 
 urlpatterns = [

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from tests.api.harness import ROLES, Endpoint, Side, World
 from vault.accounts.models import User
+from vault.objects.models import StoredObject
+from vault.objects.services import object_create, version_store_gateway
 from vault.tenants.models import Membership, Role
 from vault.tokens.models import ApiToken
 from vault.tokens.services import token_create
@@ -61,6 +64,45 @@ def _new_member_payload(world: World, side: Side, role: str) -> dict[str, Any]:
 
 def _token_payload(world: World, side: Side, role: str) -> dict[str, Any]:
     return {"name": world.unique("token"), "role": role}
+
+
+OBJECT_READERS = frozenset({Role.OWNER, Role.MEMBER, Role.AUDITOR})
+OBJECT_WRITERS = frozenset({Role.OWNER, Role.MEMBER})
+
+
+def _new_object(world: World, side: Side, role: str) -> int:
+    obj = object_create(
+        tenant=side.tenant,
+        name=world.unique("obj"),
+        mode="gateway",
+        content_type="text/plain",
+        token=None,
+    )
+    version_store_gateway(
+        obj=obj, stream=io.BytesIO(b"hello"), length=5, content_type="text/plain", token=None
+    )
+    return obj.pk
+
+
+def _objects_are_mine(response: Any, world: World) -> None:
+    ids = {row["id"] for row in response.json()["results"]}
+    assert ids, "the list must hold the caller's objects"
+    assert ids <= set(
+        StoredObject.objects.filter(tenant=world.mine.tenant).values_list("id", flat=True)
+    )
+
+
+def _object_created_here(response: Any, world: World) -> None:
+    assert StoredObject.objects.get(pk=response.json()["id"]).tenant == world.mine.tenant
+
+
+def _object_unchanged(pk: int) -> bool:
+    obj = StoredObject.objects.get(pk=pk)
+    return obj.deleted_at is None and obj.versions.count() == 1
+
+
+def _mine_with_an_object(response: Any, world: World) -> None:
+    _objects_are_mine(response, world)
 
 
 ENDPOINTS = [
@@ -120,6 +162,66 @@ ENDPOINTS = [
         200,
         make_object=_own_token,
         still_there=lambda pk: ApiToken.objects.filter(pk=pk).exists(),
+    ),
+    Endpoint(
+        "v1:object-list",
+        "GET",
+        OBJECT_READERS,
+        200,
+        check_scope=_objects_are_mine,
+        prepare=lambda world: (
+            _new_object(world, world.mine, Role.OWNER)
+            and _new_object(world, world.other, Role.OWNER)
+        ),
+    ),
+    Endpoint(
+        "v1:object-list",
+        "POST",
+        OBJECT_WRITERS,
+        201,
+        payload=lambda w, s, r: {"name": w.unique("new-object")},
+        check_scope=_object_created_here,
+    ),
+    Endpoint(
+        "v1:object-detail",
+        "GET",
+        OBJECT_READERS,
+        200,
+        make_object=_new_object,
+        still_there=_object_unchanged,
+    ),
+    Endpoint(
+        "v1:object-detail",
+        "DELETE",
+        OBJECT_WRITERS,
+        204,
+        make_object=_new_object,
+        still_there=_object_unchanged,
+    ),
+    Endpoint(
+        "v1:object-versions",
+        "GET",
+        OBJECT_READERS,
+        200,
+        make_object=_new_object,
+        still_there=_object_unchanged,
+    ),
+    Endpoint(
+        "v1:object-content",
+        "GET",
+        OBJECT_WRITERS,
+        200,
+        make_object=_new_object,
+        still_there=_object_unchanged,
+    ),
+    Endpoint(
+        "v1:object-content",
+        "PUT",
+        OBJECT_WRITERS,
+        201,
+        make_object=_new_object,
+        payload=lambda w, s, r: b"new content",
+        still_there=_object_unchanged,
     ),
     Endpoint(
         "v1:token-detail",

@@ -18,6 +18,7 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from vault.accounts.models import User
+from vault.keys.services import tenant_bind_backend
 from vault.tenants.models import Membership, Role, Tenant
 from vault.tokens.models import ApiToken
 from vault.tokens.services import token_create
@@ -60,13 +61,14 @@ def make_side(slug: str) -> Side:
         Membership.objects.create(tenant=tenant, user=user, role=role)
         issued = token_create(tenant=tenant, name=f"{role} token", role=role, user=user)
         actors[role] = Actor(role=role, user=user, token=issued.token, clear=issued.clear)
+    tenant_bind_backend(tenant=tenant, backend_alias="local")
     return Side(tenant=tenant, actors=actors)
 
 
 # make_object(world, side, role) -> the object's pk, made in ``side``'s tenant so that the actor of
 # ``role`` in that tenant may see it (for tokens: that actor's own token).
 ObjectMaker = Callable[[World, Side, str], Any]
-Payload = Callable[[World, Side, str], dict[str, Any]]
+Payload = Callable[[World, Side, str], Any]  # a dict is sent as JSON, bytes as a raw body
 Check = Callable[[Any, World], None]
 
 
@@ -83,6 +85,8 @@ class Endpoint:
     refusals: list[tuple[str, dict[str, Any], int, str]] = field(default_factory=list)
     # Whether the object still exists unchanged after another tenant's failed attempt.
     still_there: Callable[[Any], bool] | None = None
+    # Data to create before the calls (for lists: something in each tenant to find or not).
+    prepare: Callable[[World], Any] | None = None
 
     @property
     def id(self) -> str:

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def world() -> World:
-    return World(mine=make_side("alpha"), other=make_side("beta"))
+def world(request: pytest.FixtureRequest) -> World:
+    made = World(mine=make_side("alpha"), other=make_side("beta"))
+    callspec = getattr(request.node, "callspec", None)
+    endpoint = callspec.params.get("endpoint") if callspec else None
+    if endpoint is not None and endpoint.prepare is not None:
+        endpoint.prepare(made)
+    return made
 
 
 def _url(endpoint: Endpoint, pk: Any = None) -> str:
@@ -33,6 +38,8 @@ def _call(
     method = getattr(client, endpoint.method.lower())
     if payload is None:
         return method(url)
+    if isinstance(payload, bytes):
+        return method(url, payload, content_type="application/octet-stream")
     return method(url, payload, format="json")
 
 

@@ -1,0 +1,1 @@
+"""Objects: named, versioned, stored only as ciphertext (gateway and client-side modes)."""

@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import re
+from typing import Any, BinaryIO, cast
+
+from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.parsers import BaseParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from kms_plugins.errors import KeyBackendError
+from vault.api.errors import ApiError
+from vault.api.serializers import ErrorSerializer
+from vault.api.views import TenantScopedViewSet
+from vault.crypto.errors import EnvelopeError
+from vault.objects import services
+from vault.objects.api.serializers import (
+    ObjectVersionSerializer,
+    StoredObjectCreateSerializer,
+    StoredObjectSerializer,
+)
+from vault.objects.models import ObjectVersion, StoredObject
+from vault.tenants.models import Role
+
+READERS = frozenset({Role.OWNER, Role.MEMBER, Role.AUDITOR})
+WRITERS = frozenset({Role.OWNER, Role.MEMBER})
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class ObjectApiError(ApiError):
+    pass
+
+
+def _api_error(exc: services.ObjectError) -> ApiError:
+    error = ObjectApiError(str(exc), code=exc.code)
+    error.status_code = exc.status
+    return error
+
+
+def _backend_error(exc: KeyBackendError) -> ApiError:
+    error = ObjectApiError(
+        "The tenant's key backend is unavailable; try again later."
+        if exc.transient
+        else "The tenant's key backend refused the operation.",
+        code=exc.code,
+    )
+    error.status_code = 503 if exc.transient else 500
+    return error
+
+
+class RawBodyParser(BaseParser):
+    """Declares raw uploads; the view reads the body itself, as a stream, never all at once."""
+
+    media_type = "*/*"
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        return None
+
+
+def _parse_range(header: str | None) -> tuple[int, int | None] | None:
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None or match.groups() == ("", ""):
+        return None  # unsupported forms (several ranges): answer with the whole object
+    first, last = match.groups()
+    if first == "":
+        return (-int(last), None)
+    return (int(first), int(last) if last else None)
+
+
+class ObjectViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    TenantScopedViewSet[StoredObject],
+):
+    """Objects of the caller's tenant. Members and owners store and read them; auditors see
+    their metadata but not their content."""
+
+    serializer_class = StoredObjectSerializer
+    allowed_roles = {
+        "list": READERS,
+        "retrieve": READERS,
+        "versions": READERS,
+        "create": WRITERS,
+        "destroy": WRITERS,
+        "content": WRITERS,
+    }
+
+    def base_queryset(self) -> QuerySet[StoredObject]:
+        queryset = StoredObject.objects.filter(deleted_at__isnull=True).select_related("tenant")
+        prefix = self.request.query_params.get("prefix")
+        if prefix:
+            queryset = queryset.filter(name__startswith=prefix)
+        mode = self.request.query_params.get("mode")
+        if mode:
+            queryset = queryset.filter(mode=mode)
+        return queryset.order_by("name", "pk")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("prefix", str, description="Only names starting with this."),
+            OpenApiParameter("mode", str, enum=["gateway", "client"]),
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        request=StoredObjectCreateSerializer,
+        responses={201: StoredObjectSerializer, 409: ErrorSerializer},
+    )
+    def create(self, request: Request) -> Response:
+        incoming = StoredObjectCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        try:
+            obj = services.object_create(
+                tenant=self.tenant, token=self.principal.token, **incoming.validated_data
+            )
+        except services.ObjectError as exc:
+            raise _api_error(exc) from exc
+        return Response(StoredObjectSerializer(obj).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: Any) -> None:
+        services.object_delete(obj=instance)
+
+    @extend_schema(responses=ObjectVersionSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def versions(self, request: Request, pk: str | None = None) -> Response:
+        obj = self.get_object()
+        page = self.paginate_queryset(obj.versions.order_by("number"))  # type: ignore[arg-type]
+        return self.get_paginated_response(ObjectVersionSerializer(page, many=True).data)
+
+    @extend_schema(
+        methods=["GET"],
+        parameters=[
+            OpenApiParameter("version", int, description="Default: the latest."),
+            OpenApiParameter("Range", str, OpenApiParameter.HEADER, description="bytes=a-b"),
+        ],
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            (206, "application/octet-stream"): OpenApiTypes.BINARY,
+            404: ErrorSerializer,
+            416: ErrorSerializer,
+            503: ErrorSerializer,
+        },
+        description=(
+            "Gateway objects answer with the plaintext, decrypted as it is sent; client-side "
+            "objects with their envelope. A stored segment that fails to authenticate aborts "
+            "the connection instead of finishing the answer."
+        ),
+    )
+    @extend_schema(
+        methods=["PUT"],
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={
+            201: ObjectVersionSerializer,
+            400: ErrorSerializer,
+            409: ErrorSerializer,
+            411: ErrorSerializer,
+            413: ErrorSerializer,
+            503: ErrorSerializer,
+        },
+        description=(
+            "Store a new version. Gateway objects: send the plaintext; the vault encrypts it as "
+            "it reads. Client-side objects: send an envelope whose context is the object's "
+            "`next_context`. Content-Length is required."
+        ),
+    )
+    @action(detail=True, methods=["get", "put"], parser_classes=[RawBodyParser])
+    def content(self, request: Request, pk: str | None = None) -> Any:
+        obj = self.get_object()
+        try:
+            if request.method == "PUT":
+                return self._upload(request, obj)
+            return self._download(request, obj)
+        except services.ObjectError as exc:
+            raise _api_error(exc) from exc
+        except KeyBackendError as exc:
+            raise _backend_error(exc) from exc
+
+    def _upload(self, request: Request, obj: StoredObject) -> Response:
+        raw_length = request.META.get("CONTENT_LENGTH")
+        length = int(raw_length) if raw_length and raw_length.isdigit() else None
+        store = (
+            services.version_store_client
+            if obj.mode == "client"
+            else services.version_store_gateway
+        )
+        try:
+            version = store(
+                obj=obj,
+                stream=cast(BinaryIO, request._request),  # Django's request streams the body
+                length=length,
+                content_type=request.content_type or obj.content_type,
+                token=self.principal.token,
+            )
+        except EnvelopeError as exc:
+            raise _api_error(services.MalformedEnvelope(type(exc).__name__)) from exc
+        return Response(ObjectVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+    def _download(self, request: Request, obj: StoredObject) -> StreamingHttpResponse:
+        number = request.query_params.get("version")
+        versions = obj.versions.order_by("-number")
+        if number is not None:
+            versions = versions.filter(number=int(number) if number.isdigit() else -1)
+        version: ObjectVersion | None = versions.first()
+        if version is None:
+            raise services.NoVersion("the object has no such version")
+        download = services.version_read(
+            version=version, byte_range=_parse_range(request.headers.get("Range"))
+        )
+        mode_type = "application/octet-stream" if obj.mode == "client" else version.content_type
+        response = StreamingHttpResponse(download.chunks, content_type=mode_type)
+        response["Content-Length"] = str(download.length)
+        response["Accept-Ranges"] = "bytes"
+        response["Cache-Control"] = "no-store"
+        if download.start is not None:
+            response.status_code = 206
+            last = download.start + download.length - 1
+            response["Content-Range"] = f"bytes {download.start}-{last}/{download.total}"
+        return response

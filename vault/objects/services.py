@@ -1,0 +1,414 @@
+"""Storing and reading objects. Plaintext exists only in memory, one segment at a time, and only
+in gateway mode; client-side objects arrive and leave as envelopes the vault cannot open."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
+
+from django.conf import settings
+from django.core.files.storage import storages
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from kms_plugins.errors import KeyBackendError
+from kms_plugins.types import WrappedKey
+from vault.crypto import envelope
+from vault.crypto.errors import EnvelopeError
+from vault.keys.models import KeyBinding, KeyRole
+from vault.keys.registry import key_backend
+from vault.objects.models import ObjectMode, ObjectVersion, StoredObject
+from vault.tenants.models import Tenant
+from vault.tokens.models import ApiToken
+
+logger = logging.getLogger(__name__)
+READ_CHUNK = 64 * 1024
+
+
+class ObjectError(Exception):
+    """Base of the object services' errors: ``code`` and ``status`` become the API answer."""
+
+    code = "object_error"
+    status = 400
+
+
+class NameTaken(ObjectError):
+    code, status = "name_taken", 409
+
+
+class TenantNotBound(ObjectError):
+    code, status = "tenant_not_bound", 409
+
+
+class LengthRequired(ObjectError):
+    code, status = "length_required", 411
+
+
+class ObjectTooLarge(ObjectError):
+    code, status = "object_too_large", 413
+
+
+class UploadTruncated(ObjectError):
+    code, status = "upload_truncated", 400
+
+
+class MalformedEnvelope(ObjectError):
+    code, status = "malformed_envelope", 400
+
+
+class ContextMismatch(ObjectError):
+    code, status = "context_mismatch", 400
+
+
+class VersionConflict(ObjectError):
+    code, status = "version_conflict", 409
+
+
+class WrongMode(ObjectError):
+    code, status = "wrong_mode", 409
+
+
+class NoVersion(ObjectError):
+    code, status = "no_such_version", 404
+
+
+class RangeNotSatisfiable(ObjectError):
+    code, status = "range_not_satisfiable", 416
+
+
+def version_context(obj: StoredObject, number: int) -> dict[str, str]:
+    """The encryption context of a version: it binds the ciphertext to its tenant and place."""
+    return {"tenant": obj.tenant.slug, "object": str(obj.pk), "version": str(number)}
+
+
+def object_create(
+    *, tenant: Tenant, name: str, mode: str, content_type: str, token: ApiToken | None
+) -> StoredObject:
+    """Create an object (no version yet)."""
+    try:
+        with transaction.atomic():
+            return StoredObject.objects.create(
+                tenant=tenant, name=name, mode=mode, content_type=content_type, created_by=token
+            )
+    except IntegrityError:
+        raise NameTaken(f"an object named {name!r} exists") from None
+
+
+def object_delete(*, obj: StoredObject) -> None:
+    """Soft-delete: the object disappears from lists and reads now; storage is purged later."""
+    StoredObject.objects.filter(pk=obj.pk, deleted_at__isnull=True).update(
+        deleted_at=timezone.now()
+    )
+
+
+def _next_number(obj: StoredObject) -> int:
+    latest = obj.versions.order_by("-number").values_list("number", flat=True).first()
+    return (latest or 0) + 1
+
+
+class _BoundedBody(io.RawIOBase):
+    """The request body, read in chunks: refuses more than the limit, notices a short body."""
+
+    def __init__(self, stream: BinaryIO, length: int) -> None:
+        self._stream = stream
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer).cast("B")
+        data = self._stream.read(min(len(view), self._left))
+        if not data:
+            raise UploadTruncated("the upload ended before its declared length")
+        view[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+
+class _IterFile(io.RawIOBase):
+    """A read-only file over an iterator of byte strings, for ``Storage.save``."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+        self.written = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(view), len(self._pending))
+        view[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        self.written += size
+        return size
+
+
+def _check_length(length: int | None) -> int:
+    if length is None:
+        raise LengthRequired("send Content-Length with the upload")
+    if length > settings.VAULT_MAX_OBJECT_BYTES:
+        raise ObjectTooLarge(f"objects are at most {settings.VAULT_MAX_OBJECT_BYTES} bytes")
+    return length
+
+
+def _stanzas(tenant: Tenant, dek: bytes, context: dict[str, str]) -> list[WrappedKey]:
+    """The DEK wrapped by the tenant's primary key, and by its recovery key when it has one."""
+    bindings = {
+        b.role: b
+        for b in KeyBinding.objects.filter(
+            tenant=tenant, role__in=(KeyRole.PRIMARY, KeyRole.RECOVERY)
+        )
+    }
+    if KeyRole.PRIMARY not in bindings:
+        raise TenantNotBound("the tenant is not bound to a key backend")
+    order = [bindings[KeyRole.PRIMARY]] + (
+        [bindings[KeyRole.RECOVERY]] if KeyRole.RECOVERY in bindings else []
+    )
+    return [key_backend(b.backend_alias).wrap(b.key_id, dek, context) for b in order]
+
+
+def _save_version(
+    *,
+    obj: StoredObject,
+    number: int,
+    header: bytes,
+    body: Iterable[bytes],
+    size_of: Any,
+    content_type: str,
+    token: ApiToken | None,
+) -> ObjectVersion:
+    """Write the body to storage, then record the version; nothing is visible until both hold."""
+    storage = storages["default"]
+    name = f"{obj.tenant_id}/{obj.pk}/{number}-{uuid.uuid4().hex}"
+    source = _IterFile(body)
+    try:
+        stored = storage.save(name, source)  # type: ignore[arg-type]
+    except BaseException:
+        # A body that failed half-way (cut short, too large, a backend gone) leaves nothing.
+        if storage.exists(name):
+            storage.delete(name)
+        raise
+    try:
+        with transaction.atomic():
+            return ObjectVersion.objects.create(
+                object=obj,
+                number=number,
+                size=size_of(source.written),
+                body_size=source.written,
+                header=header,
+                storage_name=stored,
+                content_type=content_type,
+                created_by=token,
+            )
+    except IntegrityError:
+        storage.delete(stored)
+        raise VersionConflict("another upload created this version first; try again") from None
+    except BaseException:
+        storage.delete(stored)
+        raise
+
+
+def version_store_gateway(
+    *,
+    obj: StoredObject,
+    stream: BinaryIO,
+    length: int | None,
+    content_type: str,
+    token: ApiToken | None,
+) -> ObjectVersion:
+    """Encrypt a request body as it is read and store it as the object's next version.
+
+    Memory stays bounded whatever the size; plaintext never touches disk. The DEK is wrapped by
+    the tenant's backend before anything is stored.
+    """
+    if obj.mode != ObjectMode.GATEWAY:
+        raise WrongMode("this object is client-side: upload an envelope")
+    length = _check_length(length)
+    number = _next_number(obj)
+    context = version_context(obj, number)
+    dek = os.urandom(envelope.DEK_SIZE)
+    encryptor = envelope.Encryptor(dek, context, _stanzas(obj.tenant, dek, context))
+    del dek
+    body = encryptor.iter_body(_BoundedBody(stream, length))
+    segment = encryptor.segment_size
+    return _save_version(
+        obj=obj,
+        number=number,
+        header=encryptor.header,
+        body=body,
+        size_of=lambda written: envelope.plaintext_size(written, segment),
+        content_type=content_type,
+        token=token,
+    )
+
+
+def version_store_client(
+    *,
+    obj: StoredObject,
+    stream: BinaryIO,
+    length: int | None,
+    content_type: str,
+    token: ApiToken | None,
+) -> ObjectVersion:
+    """Store an envelope made by the client, after checking its header and its context.
+
+    The vault cannot decrypt it: it checks the structure, that the context names this tenant,
+    object and next version, and that the body's length is one a valid envelope can have.
+    """
+    if obj.mode != ObjectMode.CLIENT:
+        raise WrongMode("this object is in gateway mode: upload the plaintext")
+    length = _check_length(length)
+    number = _next_number(obj)
+    bounded = _BoundedBody(stream, length)
+    reader = io.BufferedReader(bounded, buffer_size=READ_CHUNK)
+    try:
+        header, raw_header = envelope.read_header(reader)
+    except UploadTruncated:
+        raise
+    except EnvelopeError as exc:
+        raise MalformedEnvelope(f"not a valid envelope header ({type(exc).__name__})") from None
+    expected = version_context(obj, number)
+    if header.context != expected:
+        raise ContextMismatch(
+            f"the envelope's context must be {expected}, for version {number} of this object"
+        )
+
+    def body() -> Iterator[bytes]:
+        while chunk := reader.read(READ_CHUNK):
+            yield chunk
+
+    def size_of(written: int) -> int:
+        try:
+            return envelope.plaintext_size(written, header.segment_size)
+        except EnvelopeError:
+            raise MalformedEnvelope("the body's length is not one an envelope can have") from None
+
+    return _save_version(
+        obj=obj,
+        number=number,
+        header=raw_header,
+        body=body(),
+        size_of=size_of,
+        content_type=content_type,
+        token=token,
+    )
+
+
+@dataclass(frozen=True)
+class Download:
+    """What to send: the bytes (an iterator), their length, and for ranges where they sit."""
+
+    chunks: Iterator[bytes]
+    length: int
+    total: int
+    start: int | None = None  # set for a partial answer (206)
+
+
+def _body_file(version: ObjectVersion) -> BinaryIO:
+    return cast(BinaryIO, storages["default"].open(version.storage_name, "rb"))
+
+
+def _stream_body(version: ObjectVersion, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    handle = _body_file(version)
+    try:
+        handle.seek(start)
+        left = (end if end is not None else version.body_size) - start
+        while left > 0:
+            chunk = handle.read(min(READ_CHUNK, left))
+            if not chunk:
+                raise OSError("stored body shorter than recorded")
+            left -= len(chunk)
+            yield chunk
+    finally:
+        handle.close()
+
+
+def version_read(
+    *, version: ObjectVersion, byte_range: tuple[int, int | None] | None = None
+) -> Download:
+    """Open a version for download: plaintext (gateway) or the envelope (client-side).
+
+    Gateway mode unwraps the DEK through the tenant's backend first (so a backend outage fails
+    before any byte is sent) and then decrypts segment by segment; a segment that fails to
+    authenticate raises mid-stream, and the HTTP layer aborts the connection.
+
+    Raises:
+        RangeNotSatisfiable: the range lies outside the object.
+        kms_plugins.errors.KeyBackendError: the backend could not unwrap (transient or not).
+    """
+    obj = version.object
+    if obj.mode == ObjectMode.CLIENT:
+        raw = bytes(version.header)
+        total = len(raw) + version.body_size
+        start, end = _resolve_range(byte_range, total)
+        chunks = _envelope_slice(version, raw, start, end)
+        return Download(chunks, end - start, total, start if byte_range else None)
+    header = envelope.parse_header(bytes(version.header))
+    context = version_context(obj, version.number)
+    primary = KeyBinding.objects.get(tenant=obj.tenant, role=KeyRole.PRIMARY)
+    backend = key_backend(primary.backend_alias)
+    dek = envelope.unwrap_dek(
+        header,
+        lambda wrapped: backend.unwrap(wrapped, context),
+        backend=backend.kind,
+        key_id=primary.key_id,
+    )
+    decryptor = envelope.Decryptor(header, dek, context)
+    del dek
+    start, end = _resolve_range(byte_range, version.size)
+    if byte_range is None:
+        chunks = decryptor.iter_body(_stream_body(version))
+        return Download(chunks, version.size, version.size)
+    plan = envelope.plan_range(
+        segment_size=header.segment_size, plaintext_size=version.size, start=start, end=end
+    )
+    chunks = decryptor.decrypt_range(
+        plan, _stream_body(version, plan.ciphertext_start, plan.ciphertext_end)
+    )
+    return Download(chunks, end - start, version.size, start)
+
+
+def _resolve_range(byte_range: tuple[int, int | None] | None, total: int) -> tuple[int, int]:
+    if byte_range is None:
+        return 0, total
+    first, last = byte_range
+    if first < 0:  # a suffix range: the last -first bytes
+        return max(total + first, 0), total
+    if first >= total:
+        raise RangeNotSatisfiable(f"the object has {total} bytes")
+    end = total if last is None else min(last + 1, total)
+    return first, end
+
+
+def _envelope_slice(version: ObjectVersion, header: bytes, start: int, end: int) -> Iterator[bytes]:
+    if start < len(header):
+        yield header[start : min(end, len(header))]
+    if end > len(header):
+        yield from _stream_body(version, max(start - len(header), 0), end - len(header))
+
+
+__all__ = [
+    "Download",
+    "KeyBackendError",
+    "ObjectError",
+    "object_create",
+    "object_delete",
+    "version_read",
+    "version_store_client",
+    "version_store_gateway",
+]
