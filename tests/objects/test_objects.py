@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import os
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.files.storage import storages
 from django.core.management import call_command
+from django.db import connection
 from rest_framework.test import APIClient
 
 from kms_plugins.types import KeyState
@@ -90,6 +92,23 @@ def test_only_ciphertext_reaches_the_database_and_storage(caplog) -> None:
     with storages["default"].open(version.storage_name, "rb") as handle:
         assert MARKER not in handle.read()
     assert MARKER.decode() not in caplog.text
+    # Every row of every table, as the database returns it.
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names(cursor):
+            cursor.execute(f'SELECT * FROM "{table}"')  # noqa: S608  (names from introspection)
+            for row in cursor.fetchall():
+                for value in row:
+                    raw = (
+                        bytes(value)
+                        if isinstance(value, bytes | memoryview)
+                        else str(value).encode()
+                    )
+                    assert MARKER not in raw, table
+    # Every stored file.
+    root = Path(storages["default"].location)
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert MARKER not in path.read_bytes(), path
 
 
 def test_each_version_has_its_own_key_and_context() -> None:
