@@ -57,6 +57,7 @@ try:
     VAULT_TOKEN_DEFAULT_DAYS = env_int("VAULT_TOKEN_DEFAULT_DAYS", 90, minimum=1)
     VAULT_TOKEN_MAX_DAYS = env_int("VAULT_TOKEN_MAX_DAYS", 365, minimum=1)
     VAULT_MAX_OBJECT_BYTES = env_int("VAULT_MAX_OBJECT_BYTES", 5 * 1024**3, minimum=1)
+    VAULT_OBJECT_RETENTION_DAYS = env_int("VAULT_OBJECT_RETENTION_DAYS", 30, minimum=0)
     VAULT_AUTH_FAILURE_LIMIT = env_int("VAULT_AUTH_FAILURE_LIMIT", 20, minimum=1)
     VAULT_AUTH_FAILURE_WINDOW = env_int("VAULT_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1)
     VAULT_KEY_BACKENDS = env_json("VAULT_KEY_BACKENDS", None)
@@ -321,6 +322,10 @@ else:
     CELERY_TASK_ALWAYS_EAGER = True
     CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
+    "vault.objects.purge_deleted": {
+        "task": "vault.objects.purge_deleted",
+        "schedule": timedelta(hours=1),
+    },
     "vault.core.clear_expired_sessions": {
         "task": "vault.core.clear_expired_sessions",
         "schedule": timedelta(hours=1),

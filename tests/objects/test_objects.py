@@ -306,3 +306,66 @@ def test_another_tenants_object_is_not_found() -> None:
     assert mine.get(f"/api/v1/objects/{obj['id']}/content/").status_code == 404
     assert _put(mine, obj["id"], b"overwrite").status_code == 404
     assert _get(theirs, obj["id"])[1] == b"theirs"
+
+
+def test_deleted_objects_are_purged_after_the_retention_window(settings) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from vault.core.scheduler import EmbeddedScheduler
+    from vault.objects.models import StoredObject
+
+    client = _client()
+    kept, gone = _create(client, name="kept"), _create(client, name="gone")
+    for obj in (kept, gone):
+        _put(client, obj["id"], b"payload")
+    client.delete(f"/api/v1/objects/{gone['id']}/")
+    version = ObjectVersion.objects.get(object_id=gone["id"])
+    scheduler = EmbeddedScheduler({"p": {"task": "vault.objects.purge_deleted", "schedule": 60}})
+    scheduler.tick()
+    assert StoredObject.objects.filter(pk=gone["id"]).exists(), "still within the window"
+    StoredObject.objects.filter(pk=gone["id"]).update(
+        deleted_at=timezone.now() - timedelta(days=settings.VAULT_OBJECT_RETENTION_DAYS, seconds=1)
+    )
+    scheduler.entries[0].last_run_at = None
+    scheduler.tick()
+    assert not StoredObject.objects.filter(pk=gone["id"]).exists()
+    assert not storages["default"].exists(version.storage_name)
+    assert _get(client, kept["id"])[1] == b"payload"
+
+
+def test_a_recovery_key_opens_what_the_primary_key_wrapped(settings, tmp_path) -> None:
+    settings.VAULT_KEY_BACKENDS = {
+        **settings.VAULT_KEY_BACKENDS,
+        "escrow": {
+            "BACKEND": "local",
+            "OPTIONS": {"PATH": str(tmp_path / "e.json"), "PASSPHRASE": "escrow pass"},
+        },
+    }
+    membership = make_membership(role=Role.MEMBER)
+    call_command(
+        "tenant_bind_backend",
+        "--tenant",
+        membership.tenant.slug,
+        "--backend",
+        "local",
+        "--recovery-backend",
+        "escrow",
+        stdout=StringIO(),
+    )
+    client = _client(tenant=membership.tenant)
+    obj = _create(client)
+    _put(client, obj["id"], b"recoverable")
+    version = ObjectVersion.objects.get(object_id=obj["id"])
+    header = envelope.parse_header(bytes(version.header))
+    recovery = KeyBinding.objects.get(tenant=membership.tenant, role=KeyRole.RECOVERY)
+    assert [s.key.key_id for s in header.stanzas][1] == recovery.key_id
+    context = {"tenant": membership.tenant.slug, "object": str(obj["id"]), "version": "1"}
+    escrow = key_backend("escrow")
+    dek = envelope.unwrap_dek(header, lambda w: escrow.unwrap(w, context), key_id=recovery.key_id)
+    with storages["default"].open(version.storage_name, "rb") as handle:
+        body = handle.read()
+    assert (
+        envelope.decrypt(bytes(version.header) + body, key=dek, context=context) == b"recoverable"
+    )

@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, BinaryIO, cast
 
 from django.conf import settings
@@ -104,6 +105,28 @@ def object_delete(*, obj: StoredObject) -> None:
     StoredObject.objects.filter(pk=obj.pk, deleted_at__isnull=True).update(
         deleted_at=timezone.now()
     )
+
+
+def objects_purge_deleted(*, now: Any = None) -> int:
+    """Remove objects soft-deleted longer ago than ``VAULT_OBJECT_RETENTION_DAYS``.
+
+    The stored bodies go first, then the rows, one object at a time; a crash in between leaves
+    rows whose files are gone, which the next run removes. Returns how many objects went.
+    """
+    cutoff = (now or timezone.now()) - timedelta(days=settings.VAULT_OBJECT_RETENTION_DAYS)
+    storage = storages["default"]
+    purged = 0
+    for obj in StoredObject.objects.filter(deleted_at__lt=cutoff).iterator():
+        for name in obj.versions.values_list("storage_name", flat=True):
+            if storage.exists(name):
+                storage.delete(name)
+        with transaction.atomic():
+            obj.versions.all().delete()
+            obj.delete()
+        purged += 1
+    if purged:
+        logger.info("purged %d deleted object(s)", purged)
+    return purged
 
 
 def _next_number(obj: StoredObject) -> int:
