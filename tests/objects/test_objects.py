@@ -369,3 +369,12 @@ def test_a_recovery_key_opens_what_the_primary_key_wrapped(settings, tmp_path) -
     assert (
         envelope.decrypt(bytes(version.header) + body, key=dek, context=context) == b"recoverable"
     )
+
+
+def test_clients_may_ask_for_the_bytes_as_an_octet_stream() -> None:
+    client = _client()
+    obj = _create(client)
+    _put(client, obj["id"], b"bytes")
+    response, body = _get(client, obj["id"], HTTP_ACCEPT="application/octet-stream")
+    assert response.status_code == 200
+    assert body == b"bytes"

@@ -10,6 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -60,6 +61,19 @@ class RawBodyParser(BaseParser):
 
     def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
         return None
+
+
+class OctetStreamRenderer(BaseRenderer):
+    """Lets clients ask for the bytes with ``Accept: application/octet-stream``; errors: JSON."""
+
+    media_type = "application/octet-stream"
+    format = "bin"
+    charset = None
+
+    def render(
+        self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None
+    ) -> Any:
+        return JSONRenderer().render(data, "application/json", renderer_context)
 
 
 def _parse_range(header: str | None) -> tuple[int, int | None] | None:
@@ -173,7 +187,12 @@ class ObjectViewSet(
             "`next_context`. Content-Length is required."
         ),
     )
-    @action(detail=True, methods=["get", "put"], parser_classes=[RawBodyParser])
+    @action(
+        detail=True,
+        methods=["get", "put"],
+        parser_classes=[RawBodyParser],
+        renderer_classes=[JSONRenderer, OctetStreamRenderer],
+    )
     def content(self, request: Request, pk: str | None = None) -> Any:
         obj = self.get_object()
         try:

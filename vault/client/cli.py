@@ -1,0 +1,443 @@
+"""``cvault``: the command line of Ciphervault. Client-side encryption is the default.
+
+Every command ends with exit status 0 on success; on failure it prints one line,
+``cvault: error: ...``, on stderr and exits non-zero (see ``docs/cli.md`` for the codes). The API
+token, PINs and passphrases are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import unicodedata
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kms_plugins.errors import KeyBackendError
+from vault.client import config as cfg
+from vault.client.api import Api
+from vault.client.errors import ClientError, ConfigurationError, DecryptionFailed
+from vault.client.keys import KeyRing, KeySpec, backend_failure
+from vault.client.progress import Progress
+from vault.client.sdk import ObjectInfo, Vault
+from vault.crypto import EnvelopeError
+
+EXIT_INTERRUPTED = 130
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _printable(text: str) -> str:
+    """A name safe to print on a terminal: control characters escaped."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch
+        for ch in text
+    )
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+# -- login ---------------------------------------------------------------------------------------
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    """Check the URL and token against the server, then save them (0600)."""
+    token = args.token
+    if args.token_stdin:
+        token = sys.stdin.readline().strip()
+    if not token:
+        raise ConfigurationError("give the API token with --token TOKEN or --token-stdin")
+    login = cfg.Login(url=args.url.rstrip("/"), token=token, ca_file=_absolute(args.ca_file))
+    api = Api(login)
+    if api.insecure_transport:
+        _say("cvault: warning: plain http to a remote host sends the token unencrypted")
+    slug = ""
+    if not args.no_check:
+        vault = Vault(api, KeyRing(cfg.config_dir()))
+        slug = vault.tenant_slug()
+    directory = cfg.ensure_dir(cfg.config_dir())
+    path = cfg.save_login(directory, login)
+    where = f" (tenant {slug})" if slug else ""
+    print(f"Logged in to {login.url}{where}; saved in {path}")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    """Forget the saved login (keys stay)."""
+    path = cfg.config_dir() / cfg.LOGIN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    print("Logged out")
+    return 0
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def _spec_from_args(args: argparse.Namespace, directory: Path, role: str) -> KeySpec:
+    suffix = "" if role == "primary" else "-recovery"
+    kind = args.backend
+
+    def need(*names: str) -> None:
+        missing = [f"--{n.replace('_', '-')}" for n in names if not getattr(args, n)]
+        if missing:
+            raise ConfigurationError(f"--backend {kind} needs {', '.join(missing)}")
+
+    if kind == "local":
+        keystore = _absolute(args.keystore) or str(directory / f"local{suffix}" / "keystore.json")
+        cfg.ensure_dir(Path(keystore).parent)
+        if args.passphrase_file:
+            return KeySpec(
+                "local", {"PATH": keystore}, {"PASSPHRASE": str(_absolute(args.passphrase_file))}
+            )
+        key_file = _absolute(args.key_file) or str(Path(keystore).parent / "master.key")
+        return KeySpec("local", {"PATH": keystore, "KEY_FILE": key_file})
+    if kind == "pkcs11":
+        need("module", "token_label", "pin_file")
+        return KeySpec(
+            "pkcs11",
+            {
+                "MODULE": str(_absolute(args.module)),
+                "TOKEN_LABEL": args.token_label,
+                "PIN_FILE": str(_absolute(args.pin_file)),
+            },
+        )
+    if kind == "tpm":
+        state_dir = _absolute(args.state_dir) or str(directory / f"tpm{suffix}")
+        cfg.ensure_dir(Path(state_dir))
+        return KeySpec("tpm", {"TCTI": args.tcti or "device:/dev/tpmrm0", "STATE_DIR": state_dir})
+    need("host", "ca_file", "cert_file", "key_file")
+    options: dict[str, Any] = {
+        "HOST": args.host,
+        "PORT": args.port,
+        "CA_FILE": _absolute(args.ca_file),
+        "CERT_FILE": _absolute(args.cert_file),
+        "KEY_FILE": _absolute(args.key_file),
+    }
+    if args.server_name:
+        options["SERVER_NAME"] = args.server_name
+    secret_files = (
+        {"KEY_PASSWORD": str(_absolute(args.key_password_file))} if args.key_password_file else {}
+    )
+    return KeySpec("kmip", options, secret_files)
+
+
+def cmd_key_init(args: argparse.Namespace) -> int:
+    """Create the primary key (or, with --recovery, the recovery key) in a backend."""
+    directory = cfg.ensure_dir(cfg.config_dir())
+    keys = KeyRing.load(directory)
+    role = "recovery" if args.recovery else "primary"
+    try:
+        ref = keys.create(role, _spec_from_args(args, directory, role))
+    finally:
+        keys.close()
+    print(f"Created the {role} key {ref.key_id} (version {ref.version}) in {args.backend}")
+    if role == "recovery":
+        print("Every new upload is now also wrapped under the recovery key")
+    return 0
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> int:
+    """Rotate a key in its backend; new uploads use the new version, old ones stay readable."""
+    role = "recovery" if args.recovery else "primary"
+    keys = KeyRing.load(cfg.config_dir())
+    try:
+        ref = keys.rotate(role)
+        print(f"Rotated the {role} key {ref.key_id} to version {ref.version}")
+        print(f"New uploads are wrapped under version {ref.version}")
+        if args.no_scan:
+            return 0
+        spec = keys.specs[role]
+        vault = Vault(Api(cfg.load_login(cfg.config_dir())), keys)
+        older = 0
+        for info in vault.list()[0]:
+            if info.mode != "client" or info.version is None:
+                continue
+            header = vault.header(info)
+            mine = [
+                s for s in header.stanzas if (s.backend, s.key.key_id) == (spec.kind, spec.key_id)
+            ]
+            if any(s.key.version < ref.version for s in mine):
+                older += 1
+        print(
+            f"{older} stored object(s) keep their data keys wrapped under older versions; they "
+            "stay readable. Rewrapping stored objects in place needs a server endpoint for "
+            "header-only updates, which the server does not offer yet (see docs/cli.md)"
+        )
+    finally:
+        keys.close()
+    return 0
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    """Show the configured keys (backend, id, primary version); never secrets."""
+    keys = KeyRing.load(cfg.config_dir())
+    try:
+        if not keys.configured:
+            print("No key configured; run 'cvault key init --backend local'")
+            return 0
+        for role, spec, version in keys.describe():
+            print(f"{role}: {spec.kind} {spec.key_id} (primary version {version})")
+    finally:
+        keys.close()
+    return 0
+
+
+# -- objects -------------------------------------------------------------------------------------
+
+
+def _mode_filter(args: argparse.Namespace) -> bool | None:
+    if getattr(args, "gateway", False):
+        return True
+    if getattr(args, "client", False):
+        return False
+    return None
+
+
+def _resolve(vault: Vault, args: argparse.Namespace) -> ObjectInfo:
+    if args.id is not None:
+        return vault.get_info(args.id)
+    if not args.name:
+        raise ConfigurationError("name an object (or give --id)")
+    return vault.find(args.name, gateway=_mode_filter(args))
+
+
+def cmd_put(args: argparse.Namespace, vault: Vault) -> int:
+    """Upload FILE as NAME (client-side encrypted unless --gateway)."""
+    path = Path(args.file)
+    name = args.name or path.name
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ClientError(f"cannot read {path} ({exc.strerror})") from exc
+    with handle:
+        stat = os.fstat(handle.fileno())
+        if not os.path.isfile(path):
+            raise ClientError(f"{path} is not a regular file")
+        progress = Progress(name, stat.st_size)
+        version = vault.put(
+            handle,
+            name,
+            size=stat.st_size,
+            gateway=args.gateway,
+            content_type=args.content_type,
+            progress=progress,
+        )
+        progress.finish()
+    mode = "gateway" if args.gateway else "client-side encrypted"
+    number = version.get("number")
+    print(f"Stored {_printable(name)} version {number} ({mode}, {stat.st_size} bytes)")
+    return 0
+
+
+def _output_path(args: argparse.Namespace, info: ObjectInfo) -> Path:
+    base = (info.name or str(info.id)).rstrip("/").rsplit("/", 1)[-1]
+    if args.output:
+        target = Path(args.output)
+        if target.is_dir():
+            target = target / base
+        return target
+    if base in ("", ".", ".."):
+        raise ConfigurationError("cannot derive a file name from the object name: use -o FILE")
+    return Path(base)
+
+
+def cmd_get(args: argparse.Namespace, vault: Vault) -> int:
+    """Download NAME to a file; written only once all of it authenticated."""
+    info = _resolve(vault, args)
+    target = _output_path(args, info)
+    progress = Progress(info.name or str(info.id), info.size)
+    try:
+        written = vault.get_file(info, target, version=args.version, progress=progress)
+    except ClientError as exc:
+        progress.finish()
+        _say(f"cvault: error: {exc}; nothing written")
+        return exc.exit_code
+    progress.finish()
+    _say(f"Wrote {written} bytes to {target}")
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace, vault: Vault) -> int:
+    """Stream NAME's plaintext to stdout, segment by authenticated segment."""
+    info = _resolve(vault, args)
+    out = sys.stdout.buffer
+
+    class _Flushing:
+        def write(self, data: bytes) -> int:
+            out.write(data)
+            out.flush()
+            return len(data)
+
+    try:
+        vault.download(info, _Flushing(), version=args.version)
+    except DecryptionFailed as exc:
+        raise DecryptionFailed(f"{exc}; the output is incomplete and must not be used") from exc
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace, vault: Vault) -> int:
+    """List objects whose (real) name starts with PREFIX."""
+    objects, hidden = vault.list(args.prefix or "")
+    for info in objects:
+        name = _printable(info.name or "")
+        if args.long:
+            size = "-" if info.size is None else str(info.size)
+            version = "-" if info.version is None else str(info.version)
+            print(f"{info.mode:<7} {size:>14} v{version:<4} {info.created_at[:19]}  {name}")
+        else:
+            print(name)
+    if hidden:
+        _say(f"({hidden} client-side object(s) stored under other keys are not shown)")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace, vault: Vault) -> int:
+    """Delete NAME."""
+    info = _resolve(vault, args)
+    vault.remove(info)
+    print(f"Deleted {_printable(info.name or str(info.id))}")
+    return 0
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+
+
+def _add_target(parser: argparse.ArgumentParser, *, version: bool = True) -> None:
+    parser.add_argument("name", nargs="?", metavar="NAME", help="the object's name")
+    parser.add_argument("--id", type=int, help="address the object by its server id instead")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--gateway", action="store_true", help="only gateway-mode objects")
+    mode.add_argument("--client", action="store_true", help="only client-side objects")
+    if version:
+        parser.add_argument("--version", type=int, help="a version number (default: the latest)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cvault``."""
+    parser = argparse.ArgumentParser(
+        prog="cvault",
+        description="Ciphervault client: files are encrypted on this machine with your own key.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    login = commands.add_parser("login", help="save the server URL and API token")
+    login.add_argument("--url", required=True, help="the server, e.g. https://vault.example")
+    token = login.add_mutually_exclusive_group(required=True)
+    token.add_argument("--token", help="the API token (cvt_...)")
+    token.add_argument("--token-stdin", action="store_true", help="read the token from stdin")
+    login.add_argument("--ca-file", help="a CA bundle to verify the server's certificate")
+    login.add_argument("--no-check", action="store_true", help="save without asking the server")
+    login.set_defaults(handler=cmd_login, needs_vault=False)
+
+    logout = commands.add_parser("logout", help="forget the saved URL and token")
+    logout.set_defaults(handler=cmd_logout, needs_vault=False)
+
+    key = commands.add_parser("key", help="manage your own encryption keys")
+    key_commands = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    init = key_commands.add_parser("init", help="create your key in a key backend")
+    init.add_argument("--backend", required=True, choices=["local", "pkcs11", "tpm", "kmip"])
+    init.add_argument("--recovery", action="store_true", help="add a second (recovery) key")
+    group = init.add_argument_group("local")
+    group.add_argument("--keystore", help="keystore file (default: in the config directory)")
+    group.add_argument("--passphrase-file", help="derive the keystore key from this passphrase")
+    group.add_argument("--key-file", help="local: master key file; kmip: client private key")
+    group = init.add_argument_group("pkcs11")
+    group.add_argument("--module", help="the PKCS#11 module (.so)")
+    group.add_argument("--token-label", help="the token's label")
+    group.add_argument("--pin-file", help="a file holding the user PIN (the PIN is never stored)")
+    group = init.add_argument_group("tpm")
+    group.add_argument("--tcti", help="e.g. device:/dev/tpmrm0, tabrmd:, swtpm:port=2321")
+    group.add_argument("--state-dir", help="where key blobs live (default: in the config dir)")
+    group = init.add_argument_group("kmip")
+    group.add_argument("--host")
+    group.add_argument("--port", type=int, default=5696)
+    group.add_argument("--ca-file")
+    group.add_argument("--cert-file")
+    group.add_argument("--key-password-file")
+    group.add_argument("--server-name")
+    init.set_defaults(handler=cmd_key_init, needs_vault=False)
+    rotate = key_commands.add_parser("rotate", help="rotate your key to a new version")
+    rotate.add_argument("--recovery", action="store_true", help="rotate the recovery key")
+    rotate.add_argument("--no-scan", action="store_true", help="do not check stored objects")
+    rotate.set_defaults(handler=cmd_key_rotate, needs_vault=False)
+    show = key_commands.add_parser("show", help="show the configured keys")
+    show.set_defaults(handler=cmd_key_show, needs_vault=False)
+
+    put = commands.add_parser("put", help="upload a file")
+    put.add_argument("file", metavar="FILE")
+    put.add_argument("name", nargs="?", metavar="NAME", help="default: the file's name")
+    put.add_argument("--gateway", action="store_true", help="let the server encrypt")
+    put.add_argument("--content-type", help="gateway mode only")
+    put.set_defaults(handler=cmd_put, needs_vault=True)
+
+    get = commands.add_parser("get", help="download an object to a file")
+    _add_target(get)
+    get.add_argument("-o", "--output", metavar="FILE", help="default: the name's last part")
+    get.set_defaults(handler=cmd_get, needs_vault=True)
+
+    cat = commands.add_parser("cat", help="write an object to stdout")
+    _add_target(cat)
+    cat.set_defaults(handler=cmd_cat, needs_vault=True)
+
+    ls = commands.add_parser("ls", help="list objects")
+    ls.add_argument("prefix", nargs="?", metavar="PREFIX")
+    ls.add_argument("-l", "--long", action="store_true", help="mode, size, version, date")
+    ls.set_defaults(handler=cmd_ls, needs_vault=True)
+
+    rm = commands.add_parser("rm", help="delete an object")
+    _add_target(rm, version=False)
+    rm.set_defaults(handler=cmd_rm, needs_vault=True)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run one ``cvault`` command.
+
+    Returns:
+        The exit status: 0, or the failing error's ``exit_code``.
+    """
+    args = build_parser().parse_args(argv)
+    handler: Callable[..., int] = args.handler
+    try:
+        if not args.needs_vault:
+            return handler(args)
+        vault = Vault.from_config()
+        try:
+            return handler(args, vault)
+        finally:
+            vault.close()
+    except ClientError as exc:
+        _say(f"cvault: error: {exc}")
+        return exc.exit_code
+    except KeyBackendError as exc:
+        failure = backend_failure(exc, "complete the operation")
+        _say(f"cvault: error: {failure}")
+        return failure.exit_code
+    except EnvelopeError as exc:
+        _say(f"cvault: error: authentication failed: {exc}")
+        return DecryptionFailed.exit_code
+    except KeyboardInterrupt:
+        _say("cvault: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``cvault cat x | head``): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def main() -> None:
+    """The ``cvault`` entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The errors of the ``cvault`` client and SDK.
+
+Every error the SDK raises is a ``ClientError``. Each carries an ``exit_code`` that the command
+line uses as its exit status, and a message meant for a person, on one line. Messages never
+contain the API token, a PIN, a passphrase, a key or plaintext.
+"""
+
+from __future__ import annotations
+
+
+class ClientError(Exception):
+    """Base of every error of ``vault.client``.
+
+    Attributes:
+        exit_code: the ``cvault`` exit status for this error (1 unless a subclass says more).
+    """
+
+    exit_code = 1
+
+
+class ConfigurationError(ClientError):
+    """The local configuration is missing or wrong: not logged in, no key, an unreadable file."""
+
+    exit_code = 2
+
+
+class NotLoggedIn(ConfigurationError):
+    """No server URL or token: neither ``cvault login`` nor ``CVAULT_URL``/``CVAULT_TOKEN``."""
+
+
+class NoKeyConfigured(ConfigurationError):
+    """Client-side encryption needs a key: run ``cvault key init`` first."""
+
+
+class NetworkError(ClientError):
+    """The server could not be reached, or the connection broke mid-transfer."""
+
+    exit_code = 5
+
+
+class ServerError(ClientError):
+    """The server answered with an error.
+
+    Attributes:
+        status: the HTTP status.
+        code: the API's stable error code (``not_found``, ``invalid_token``, ...).
+        request_id: the server's request id, for its logs.
+    """
+
+    def __init__(self, status: int, code: str, message: str, request_id: str = "") -> None:
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        suffix = f" (request {request_id})" if request_id else ""
+        super().__init__(f"server error {status} {code}: {message}{suffix}")
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        """3 for "not found", 6 for authentication and permission errors, else 1."""
+        if self.status == 404:
+            return 3
+        if self.status in (401, 403):
+            return 6
+        return 1
+
+
+class ObjectNotFound(ClientError):
+    """No object of that name (client-side names are only found with the key that made them)."""
+
+    exit_code = 3
+
+
+class InvalidName(ClientError):
+    """An object name the client refuses (empty, too long, control characters)."""
+
+    exit_code = 2
+
+
+class DecryptionFailed(ClientError):
+    """The object could not be opened: a wrong key, or a tampered or truncated envelope.
+
+    Deliberately vague about which, like an AEAD's ``InvalidTag``. Raised before a single byte is
+    released to its destination's final place (``get`` deletes its temporary file).
+    """
+
+    exit_code = 4
+
+
+class WrongKey(DecryptionFailed):
+    """None of the configured keys has a recipient stanza in the object's envelope."""
+
+
+class KeyBackendFailure(ClientError):
+    """The user's key backend (HSM, TPM, KMS, keystore) failed or could not be reached."""
+
+    exit_code = 7

@@ -1,0 +1,523 @@
+"""The Python SDK of Ciphervault: store and fetch objects, encrypted on this machine by default.
+
+::
+
+    from vault.client import Vault
+
+    vault = Vault.from_config()                      # cvault's login and keys
+    with open("report.pdf", "rb") as f:
+        vault.put(f, "reports/2025.pdf", size=os.fstat(f.fileno()).st_size)
+    vault.get_file(vault.find("reports/2025.pdf"), Path("report.pdf"))
+
+Client-side mode (the default): a fresh 32-byte DEK per version, wrapped by the user's own key
+backend(s) under the version's encryption context, encrypts the file into an envelope
+(``docs/format.md``) before a byte leaves the machine; the object's name is encrypted too
+(``vault.client.names``). The server checks the envelope's structure and context and stores it,
+and cannot open it. Gateway mode sends plaintext over the connection and lets the server
+encrypt with the tenant's key.
+
+Memory is constant whatever the size: files stream through the envelope in 64 KiB segments to
+and from the HTTP connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import mimetypes
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, cast
+
+from vault.client import config as cfg
+from vault.client.api import Api, Response
+from vault.client.errors import (
+    ClientError,
+    DecryptionFailed,
+    NetworkError,
+    ObjectNotFound,
+    ServerError,
+)
+from vault.client.keys import KeyRing
+from vault.client.names import check_name, name_binding
+from vault.client.progress import Progress
+from vault.crypto import (
+    DEK_SIZE,
+    MAX_HEADER_SIZE,
+    AuthenticationFailed,
+    Decryptor,
+    Encryptor,
+    EnvelopeError,
+    EnvelopeFormatError,
+    EnvelopeHeader,
+    body_size,
+    read_header,
+)
+
+CHUNK = 256 * 1024
+NAME_BINDING_KEY = "cvault-name"
+CLIENT_CONTENT_TYPE = "application/octet-stream"
+_ABORTED = (
+    "a gateway download is aborted by the server when its stored data fails to authenticate, "
+    "or the network failed"
+)
+
+
+class Writable(Protocol):
+    """Anything with a binary ``write``."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object as the client sees it.
+
+    Attributes:
+        id: the server's object id.
+        name: the real name (decrypted for client-side objects), or None when it cannot be
+            decrypted (another user's key).
+        server_name: the name the server stores (encrypted for client-side objects).
+        mode: ``client`` or ``gateway``.
+        size: the latest version's plaintext size, or None if it has no version yet.
+        version: the latest version's number, or None.
+        created_at: when the object was created (server time, ISO 8601).
+        next_context: the encryption context the next version's envelope must carry.
+    """
+
+    id: int
+    name: str | None
+    server_name: str
+    mode: str
+    size: int | None
+    version: int | None
+    created_at: str
+    content_type: str
+    next_context: dict[str, str] = field(repr=False)
+
+
+def _exact_chunks(source: BinaryIO, size: int, progress: Progress | None) -> Iterator[bytes]:
+    """Exactly ``size`` bytes of ``source`` in chunks; fails if it is shorter or longer."""
+    left = size
+    while left > 0:
+        chunk = source.read(min(CHUNK, left))
+        if not chunk:
+            raise ClientError("the file shrank while it was being uploaded; nothing was stored")
+        left -= len(chunk)
+        if progress is not None:
+            progress.update(len(chunk))
+        yield chunk
+    if source.read(1):
+        raise ClientError("the file grew while it was being uploaded; nothing was stored")
+
+
+class _CountingReader(io.RawIOBase):
+    """A response body as a raw stream, counting bytes for the progress bar."""
+
+    def __init__(self, response: Response, progress: Progress | None) -> None:
+        self._response = response
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        got = self._response.readinto(buffer)
+        if self._progress is not None and got:
+            self._progress.update(got)
+        return got
+
+
+class Vault:
+    """A connection to one tenant of a Ciphervault server, with the user's keys.
+
+    Security: client-side uploads never send plaintext, a DEK or a real name; downloads check the
+    envelope's context (tenant, object, version) against what was asked for, unwrap with the
+    user's key bound to the object's encrypted name, and release plaintext only segment by
+    segment after each authenticates.
+    """
+
+    def __init__(self, api: Api, keys: KeyRing) -> None:
+        """Args:
+        api: the HTTP client (URL and token).
+        keys: the user's key ring (may be empty: then only gateway mode works).
+        """
+        self.api = api
+        self.keys = keys
+        self._slug: str | None = None
+
+    @classmethod
+    def from_config(cls, directory: Path | None = None, *, timeout: float = 60.0) -> Vault:
+        """A vault from ``cvault``'s configuration directory (and the environment).
+
+        Raises:
+            NotLoggedIn: no URL or token.
+            ConfigurationError: unreadable configuration.
+        """
+        directory = directory or cfg.config_dir()
+        return cls(Api(cfg.load_login(directory), timeout=timeout), KeyRing.load(directory))
+
+    def close(self) -> None:
+        """Close the key backends' connections."""
+        self.keys.close()
+
+    # -- tenant and objects ----------------------------------------------------------------
+
+    def tenant_slug(self) -> str:
+        """The slug of the token's tenant (asked once).
+
+        Raises:
+            ServerError, NetworkError.
+        """
+        if self._slug is None:
+            data = self.api.json("GET", self.api.path("/tenant/"))
+            if not isinstance(data, dict) or not isinstance(data.get("slug"), str):
+                raise NetworkError(f"{self.api.url} did not answer like a Ciphervault server")
+            self._slug = data["slug"]
+        return self._slug
+
+    def _info(self, raw: dict[str, Any]) -> ObjectInfo:
+        mode = str(raw.get("mode"))
+        server_name = str(raw.get("name"))
+        if mode == "client":
+            name = self.keys.names().decrypt(server_name) if self.keys.configured else None
+        else:
+            name = server_name
+        latest = raw.get("latest_version") or {}
+        return ObjectInfo(
+            id=int(raw["id"]),
+            name=name,
+            server_name=server_name,
+            mode=mode,
+            size=latest.get("size"),
+            version=latest.get("number"),
+            created_at=str(raw.get("created_at", "")),
+            content_type=str(raw.get("content_type", "")),
+            next_context=dict(raw.get("next_context") or {}),
+        )
+
+    def _objects(self, **query: str) -> Iterator[ObjectInfo]:
+        query = {k: v for k, v in query.items() if v}
+        for raw in self.api.pages(self.api.path("/objects/", {**query, "page_size": 500})):
+            yield self._info(raw)
+
+    def list(self, prefix: str = "") -> tuple[list[ObjectInfo], int]:
+        """Every object whose real name starts with ``prefix``, sorted by name.
+
+        Client-side names are decrypted here (the server cannot filter them), so this reads
+        the whole list.
+
+        Returns:
+            ``(objects, hidden)``: ``hidden`` counts client-side objects whose names this
+            user's key cannot decrypt (stored by someone else).
+
+        Raises:
+            ServerError, NetworkError, KeyBackendFailure.
+        """
+        found: list[ObjectInfo] = []
+        hidden = 0
+        for info in self._objects():
+            if info.name is None:
+                hidden += 1
+            elif info.name.startswith(prefix):
+                found.append(info)
+        found.sort(key=lambda o: (o.name or "", o.mode))
+        return found, hidden
+
+    def get_info(self, object_id: int) -> ObjectInfo:
+        """One object by its server id.
+
+        Raises:
+            ObjectNotFound: no such object in this tenant.
+        """
+        try:
+            return self._info(self.api.json("GET", self.api.path(f"/objects/{int(object_id)}/")))
+        except ServerError as exc:
+            if exc.status == 404:
+                raise ObjectNotFound(f"no object with id {object_id}") from exc
+            raise
+
+    def _exact(self, server_name: str, mode: str) -> ObjectInfo | None:
+        for info in self._objects(prefix=server_name, mode=mode):
+            if info.server_name == server_name and info.mode == mode:
+                return info
+        return None
+
+    def find(self, name: str, *, gateway: bool | None = None) -> ObjectInfo:
+        """The object called ``name``: client-side first (by its encrypted name), then gateway.
+
+        Args:
+            name: the real name.
+            gateway: True for gateway objects only, False for client-side only, None for both.
+
+        Raises:
+            ObjectNotFound: no such object (client-side objects are found only with the key
+                that stored them).
+            InvalidName, ServerError, NetworkError, KeyBackendFailure.
+        """
+        check_name(name)
+        if gateway is not True and self.keys.configured:
+            found = self._exact(self.keys.names().encrypt(name), "client")
+            if found is not None:
+                return found
+        if gateway is not False:
+            found = self._exact(name, "gateway")
+            if found is not None:
+                return found
+        hint = (
+            ""
+            if gateway
+            else " (client-side objects can be found only with the key that stored them)"
+        )
+        raise ObjectNotFound(f"no object named {name!r}{hint}")
+
+    def remove(self, info: ObjectInfo) -> None:
+        """Delete an object (the server keeps it for its retention window, then purges it).
+
+        Raises:
+            ServerError, NetworkError.
+        """
+        self.api.json("DELETE", self.api.path(f"/objects/{info.id}/"))
+
+    # -- upload ----------------------------------------------------------------------------
+
+    def _create_or_find(
+        self, server_name: str, mode: str, content_type: str
+    ) -> tuple[ObjectInfo, bool]:
+        existing = self._exact(server_name, mode)
+        if existing is not None:
+            return existing, False
+        payload = {"name": server_name, "mode": mode, "content_type": content_type}
+        try:
+            return self._info(self.api.json("POST", self.api.path("/objects/"), payload)), True
+        except ServerError as exc:
+            if exc.code != "name_taken":
+                raise
+        existing = self._exact(server_name, mode)  # created meanwhile by another upload
+        if existing is None:
+            raise ServerError(409, "name_taken", "the name is taken by an object of another mode")
+        return existing, False
+
+    def put(
+        self,
+        source: BinaryIO,
+        name: str,
+        *,
+        size: int,
+        gateway: bool = False,
+        content_type: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Store ``size`` bytes from ``source`` as a new version of the object ``name``.
+
+        Args:
+            source: a binary stream positioned at the start of the content.
+            name: the object's real name (encrypted before it is sent in client-side mode).
+            size: exactly how many bytes ``source`` holds (the upload's length is declared
+                before it starts, so the file must not change meanwhile).
+            gateway: send plaintext to a gateway-mode object instead of encrypting here.
+            content_type: sent for gateway objects only (guessed from the name by default);
+                client-side objects are always ``application/octet-stream``, which reveals
+                nothing.
+            progress: counts plaintext bytes as they are read.
+
+        Returns:
+            The new version as the server describes it (``number``, ``size``, ...).
+
+        Raises:
+            InvalidName, NoKeyConfigured, KeyBackendFailure, ServerError, NetworkError,
+            ClientError (the file changed during the upload). A failed upload stores nothing; an
+            object this call created is deleted again.
+        """
+        check_name(name)
+        if gateway:
+            kind = content_type or mimetypes.guess_type(name)[0] or CLIENT_CONTENT_TYPE
+            info, created = self._create_or_find(name, "gateway", kind)
+            length = size
+            chunks: Iterator[bytes] = _exact_chunks(source, size, progress)
+            headers = {"Content-Type": kind}
+        else:
+            server_name = self.keys.names().encrypt(name)
+            info, created = self._create_or_find(server_name, "client", CLIENT_CONTENT_TYPE)
+            context = self._checked_next_context(info)
+            wrap_context = {**context, NAME_BINDING_KEY: name_binding(server_name)}
+            dek = secrets.token_bytes(DEK_SIZE)
+            encryptor = Encryptor(dek, context, self.keys.wrap(dek, wrap_context))
+            del dek
+            length = len(encryptor.header) + body_size(size, encryptor.segment_size)
+            chunks = self._envelope_chunks(encryptor, _exact_chunks(source, size, progress))
+            headers = {"Content-Type": CLIENT_CONTENT_TYPE}
+        try:
+            with self.api.request(
+                "PUT",
+                self.api.path(f"/objects/{info.id}/content/"),
+                body=chunks,
+                length=length,
+                headers=headers,
+            ) as response:
+                data = response.read()
+        except BaseException:
+            if created:
+                with contextlib.suppress(ClientError):
+                    self.remove(info)
+            raise
+        version: dict[str, Any] = json.loads(data)
+        return version
+
+    @staticmethod
+    def _envelope_chunks(encryptor: Encryptor, plaintext: Iterator[bytes]) -> Iterator[bytes]:
+        yield encryptor.header
+        yield from encryptor.iter_body(plaintext)
+
+    def _checked_next_context(self, info: ObjectInfo) -> dict[str, str]:
+        expected = {
+            "tenant": self.tenant_slug(),
+            "object": str(info.id),
+            "version": str((info.version or 0) + 1),
+        }
+        if info.next_context != expected:
+            raise ClientError(
+                "the server proposed an unexpected encryption context for the upload; "
+                "nothing was sent"
+            )
+        return expected
+
+    # -- download --------------------------------------------------------------------------
+
+    def _content(
+        self, info: ObjectInfo, *, version: int, headers: dict[str, str] | None = None
+    ) -> Response:
+        return self.api.request(
+            "GET",
+            self.api.path(f"/objects/{info.id}/content/", {"version": version}),
+            headers={"Accept": "*/*", **(headers or {})},
+        )
+
+    def _expected_context(self, info: ObjectInfo, version: int) -> dict[str, str]:
+        return {"tenant": self.tenant_slug(), "object": str(info.id), "version": str(version)}
+
+    def header(self, info: ObjectInfo, *, version: int | None = None) -> EnvelopeHeader:
+        """The envelope header of a client-side object's version, fetched with a ranged GET.
+
+        Only the first 64 KiB (the largest a header can be) are requested.
+
+        Raises:
+            ObjectNotFound: the object has no version.
+            DecryptionFailed: the answer is not a valid envelope header.
+        """
+        number = version or info.version
+        if number is None:
+            raise ObjectNotFound(f"{info.name or info.id} has no content yet")
+        with self._content(
+            info, version=number, headers={"Range": f"bytes=0-{MAX_HEADER_SIZE - 1}"}
+        ) as response:
+            data = response.read(MAX_HEADER_SIZE)
+        try:
+            header, _ = read_header(io.BytesIO(data))
+        except EnvelopeError as exc:
+            raise DecryptionFailed("the stored object is not a valid envelope") from exc
+        return header
+
+    def download(
+        self,
+        info: ObjectInfo,
+        destination: Writable,
+        *,
+        version: int | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Write the plaintext of a version (the latest by default) to ``destination``.
+
+        Client-side objects are decrypted here: the envelope's context must be this tenant,
+        object and version; the DEK is unwrapped by the user's key with the wrap bound to the
+        object's encrypted name; each segment is written only once it authenticated.
+
+        Returns:
+            The number of plaintext bytes written.
+
+        Raises:
+            ObjectNotFound: the object has no version.
+            WrongKey, DecryptionFailed: another user's key, or a tampered, truncated or moved
+                envelope. Segments before the failing one may already have been written: write
+                to a temporary place (``get_file`` does).
+            ServerError, NetworkError, KeyBackendFailure.
+        """
+        number = version or info.version
+        if number is None:
+            raise ObjectNotFound(f"{info.name or info.id} has no content yet")
+        with self._content(info, version=number) as response:
+            reader = _CountingReader(response, progress)
+            if info.mode != "client":
+                expected = response.headers.get("Content-Length")
+                written = 0
+                try:
+                    while chunk := reader.read(CHUNK):
+                        destination.write(chunk)
+                        written += len(chunk)
+                except NetworkError as exc:
+                    raise NetworkError(f"{exc}; {_ABORTED}") from exc
+                if expected is not None and written != int(expected):
+                    raise NetworkError(f"the download was cut short; {_ABORTED}")
+                return written
+            return self._decrypt(info, number, cast(BinaryIO, reader), destination)
+
+    def _decrypt(
+        self, info: ObjectInfo, number: int, reader: BinaryIO, destination: Writable
+    ) -> int:
+        context = self._expected_context(info, number)
+        try:
+            header, _ = read_header(reader)
+        except EnvelopeFormatError as exc:
+            raise DecryptionFailed(
+                "authentication failed: the stored object is not a valid envelope"
+            ) from exc
+        if header.context != context:
+            raise DecryptionFailed(
+                "authentication failed: the envelope was made for another object or version"
+            )
+        dek = self.keys.unwrap(
+            header, {**context, NAME_BINDING_KEY: name_binding(info.server_name)}
+        )
+        try:
+            return Decryptor(header, dek, context).decrypt_body_stream(reader, destination)
+        except AuthenticationFailed as exc:
+            raise DecryptionFailed(f"authentication failed: {exc}") from exc
+
+    def get_file(
+        self,
+        info: ObjectInfo,
+        path: Path,
+        *,
+        version: int | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Download into ``path``: a temporary file next to it, renamed only once all of it
+        authenticated; on any failure the temporary file is deleted and ``path`` is untouched.
+
+        Returns:
+            The number of bytes written.
+
+        Raises:
+            As ``download``, and ClientError if ``path``'s directory is not writable.
+        """
+        directory = path.parent if str(path.parent) else Path(".")
+        try:
+            fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".cvault")
+        except OSError as exc:
+            raise ClientError(f"cannot write to {directory} ({exc.strerror})") from exc
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                written = self.download(info, handle, version=version, progress=progress)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        return written
