@@ -84,6 +84,41 @@ def _new_object(world: World, side: Side, role: str) -> int:
     return obj.pk
 
 
+_CLIENT_HEADERS: dict[int, bytes] = {}
+
+
+def _new_client_object(world: World, side: Side, role: str) -> int:
+    from kms_plugins.types import KeyRef, WrappedKey
+    from vault.crypto import envelope
+    from vault.objects.services import version_context, version_store_client
+
+    obj = object_create(
+        tenant=side.tenant,
+        name=world.unique("c-obj"),
+        mode="client",
+        content_type="x/y",
+        token=None,
+    )
+    stanza = WrappedKey("local", KeyRef("k", 1), "A256GCM", b"w" * 60)
+    made = envelope.encrypt(
+        b"client", dek=b"d" * 32, context=version_context(obj, 1), stanzas=[stanza]
+    )
+    version_store_client(
+        obj=obj, stream=io.BytesIO(made), length=len(made), content_type="x/y", token=None
+    )
+    _CLIENT_HEADERS[obj.pk] = _CLIENT_HEADERS[-1] = bytes(obj.versions.get().header)
+    return obj.pk
+
+
+def _same_header(world: World, side: Side, role: str) -> bytes:
+    return _CLIENT_HEADERS[-1]  # the header of the object made just before the call
+
+
+def _client_object_unchanged(pk: int) -> bool:
+    obj = StoredObject.objects.get(pk=pk)
+    return obj.versions.count() == 1 and bytes(obj.versions.get().header) == _CLIENT_HEADERS[pk]
+
+
 def _objects_are_mine(response: Any, world: World) -> None:
     ids = {row["id"] for row in response.json()["results"]}
     assert ids, "the list must hold the caller's objects"
@@ -222,6 +257,16 @@ ENDPOINTS = [
         make_object=_new_object,
         payload=lambda w, s, r: b"new content",
         still_there=_object_unchanged,
+    ),
+    Endpoint(
+        "v1:object-header",
+        "PUT",
+        OBJECT_WRITERS,
+        200,
+        make_object=_new_client_object,
+        payload=_same_header,
+        still_there=_client_object_unchanged,
+        url_kwargs={"number": 1},
     ),
     Endpoint(
         "v1:token-detail",

@@ -85,6 +85,8 @@ class Endpoint:
     refusals: list[tuple[str, dict[str, Any], int, str]] = field(default_factory=list)
     # Whether the object still exists unchanged after another tenant's failed attempt.
     still_there: Callable[[Any], bool] | None = None
+    # Further URL arguments besides the object's pk.
+    url_kwargs: dict[str, Any] = field(default_factory=dict)
     # Data to create before the calls (for lists: something in each tenant to find or not).
     prepare: Callable[[World], Any] | None = None
 

@@ -26,7 +26,8 @@ def world(request: pytest.FixtureRequest) -> World:
 
 
 def _url(endpoint: Endpoint, pk: Any = None) -> str:
-    return reverse(endpoint.route, kwargs={"pk": pk} if pk is not None else None)
+    kwargs = {"pk": pk, **endpoint.url_kwargs} if pk is not None else None
+    return reverse(endpoint.route, kwargs=kwargs)
 
 
 def _call(

@@ -378,3 +378,60 @@ def test_clients_may_ask_for_the_bytes_as_an_octet_stream() -> None:
     response, body = _get(client, obj["id"], HTTP_ACCEPT="application/octet-stream")
     assert response.status_code == 200
     assert body == b"bytes"
+
+
+def test_a_client_rewraps_a_version_by_replacing_only_its_stanzas() -> None:
+    from kms_plugins.types import KeyRef, WrappedKey
+
+    client = _client(bind=False)
+    obj = _create(client, mode="client")
+    dek = os.urandom(32)
+    made = _client_envelope(client, obj, b"kept as is", dek)
+    assert _put(client, obj["id"], made).status_code == 201
+    header, raw = envelope.read_header(io.BytesIO(made))
+    new_stanza = WrappedKey(
+        backend="local", key=KeyRef("client-key", 2), mechanism="A256GCM", ciphertext=b"n" * 60
+    )
+    rewrapped = header.with_stanzas([new_stanza]).to_bytes()
+    url = f"/api/v1/objects/{obj['id']}/versions/1/header/"
+    response = client.put(url, rewrapped, content_type="application/octet-stream")
+    assert response.status_code == 200, response.content
+    _, body = _get(client, obj["id"])
+    assert body == rewrapped + made[len(raw) :], "same body, new stanzas"
+    stored = envelope.parse_header(bytes(ObjectVersion.objects.get(object_id=obj["id"]).header))
+    assert stored.stanzas[0].key.version == 2
+    context = {"tenant": client.tenant.slug, "object": str(obj["id"]), "version": "1"}
+    assert envelope.decrypt(body, key=dek, context=context) == b"kept as is"
+
+
+def test_a_new_header_may_not_change_anything_but_the_stanzas() -> None:
+    client = _client(bind=False)
+    obj = _create(client, mode="client")
+    made = _client_envelope(client, obj, b"data")
+    _put(client, obj["id"], made)
+    other = _client_envelope(client, obj, b"data")  # another salt and commitment
+    other_header = envelope.read_header(io.BytesIO(other))[1]
+    url = f"/api/v1/objects/{obj['id']}/versions/1/header/"
+    response = client.put(url, other_header, content_type="application/octet-stream")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "header_mismatch"
+    response = client.put(url, other_header + b"x", content_type="application/octet-stream")
+    assert response.json()["error"]["code"] == "malformed_envelope"
+    assert (
+        client.put(
+            f"/api/v1/objects/{obj['id']}/versions/9/header/",
+            other_header,
+            content_type="application/octet-stream",
+        ).status_code
+        == 404
+    )
+    assert _get(client, obj["id"])[1] == made
+    gateway = _client()
+    gobj = _create(gateway, name="g")
+    _put(gateway, gobj["id"], b"x")
+    response = gateway.put(
+        f"/api/v1/objects/{gobj['id']}/versions/1/header/",
+        other_header,
+        content_type="application/octet-stream",
+    )
+    assert response.json()["error"]["code"] == "wrong_mode"

@@ -332,6 +332,36 @@ def version_store_client(
     )
 
 
+class HeaderMismatch(ObjectError):
+    code, status = "header_mismatch", 400
+
+
+def version_replace_header(*, version: ObjectVersion, header: bytes) -> ObjectVersion:
+    """Replace the recipient stanzas of a client-side version (a rewrap after a key rotation).
+
+    Only the stanzas may change: the new header's fixed part (format, segment size, context,
+    salt, key commitment) must equal the stored one byte for byte, so the body, which the vault
+    never touches, still belongs to it; the commitment still pins the data key.
+
+    Raises:
+        WrongMode: a gateway object (its keys are the tenant's; the vault rewraps those).
+        MalformedEnvelope: the bytes are not exactly one valid header.
+        HeaderMismatch: anything but the stanzas differs.
+    """
+    if version.object.mode != ObjectMode.CLIENT:
+        raise WrongMode("only client-side versions take a new header from the client")
+    try:
+        new = envelope.parse_header(header)
+    except EnvelopeError as exc:
+        raise MalformedEnvelope(f"not exactly one valid header ({type(exc).__name__})") from None
+    old = envelope.parse_header(bytes(version.header))
+    if new.fixed != old.fixed:
+        raise HeaderMismatch("only the recipient stanzas of a header may change")
+    ObjectVersion.objects.filter(pk=version.pk).update(header=header)
+    version.header = header
+    return version
+
+
 @dataclass(frozen=True)
 class Download:
     """What to send: the bytes (an iterator), their length, and for ranges where they sit."""

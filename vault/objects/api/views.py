@@ -18,6 +18,7 @@ from kms_plugins.errors import KeyBackendError
 from vault.api.errors import ApiError
 from vault.api.serializers import ErrorSerializer
 from vault.api.views import TenantScopedViewSet
+from vault.crypto import envelope
 from vault.crypto.errors import EnvelopeError
 from vault.objects import services
 from vault.objects.api.serializers import (
@@ -105,6 +106,7 @@ class ObjectViewSet(
         "create": WRITERS,
         "destroy": WRITERS,
         "content": WRITERS,
+        "header": WRITERS,
     }
 
     def base_queryset(self) -> QuerySet[StoredObject]:
@@ -203,6 +205,42 @@ class ObjectViewSet(
             raise _api_error(exc) from exc
         except KeyBackendError as exc:
             raise _backend_error(exc) from exc
+
+    @extend_schema(
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={
+            200: ObjectVersionSerializer,
+            400: ErrorSerializer,
+            409: ErrorSerializer,
+            413: ErrorSerializer,
+        },
+        description=(
+            "Replace the recipient stanzas of a client-side version's envelope header (a rewrap "
+            "after the client rotated its key). The body is not touched: everything in the new "
+            "header but the stanzas must equal the stored header."
+        ),
+    )
+    @action(
+        detail=True,
+        methods=["put"],
+        url_path="versions/<int:number>/header",
+        parser_classes=[RawBodyParser],
+    )
+    def header(self, request: Request, pk: str | None = None, number: int = 0) -> Response:
+        obj = self.get_object()
+        version = obj.versions.filter(number=number).first()
+        if version is None:
+            raise _api_error(services.NoVersion("the object has no such version"))
+        raw_length = request.META.get("CONTENT_LENGTH")
+        length = int(raw_length) if raw_length and raw_length.isdigit() else -1
+        if not 0 < length <= envelope.MAX_HEADER_SIZE:
+            raise _api_error(services.MalformedEnvelope("send one header, with Content-Length"))
+        data = request._request.read(length)
+        try:
+            services.version_replace_header(version=version, header=data)
+        except services.ObjectError as exc:
+            raise _api_error(exc) from exc
+        return Response(ObjectVersionSerializer(version).data)
 
     def _upload(self, request: Request, obj: StoredObject) -> Response:
         raw_length = request.META.get("CONTENT_LENGTH")
