@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from kms_plugins.errors import KeyBackendError
+from kms_plugins.types import KeyRef
 from vault.client import config as cfg
 from vault.client.api import Api
-from vault.client.errors import ClientError, ConfigurationError, DecryptionFailed
+from vault.client.errors import (
+    ClientError,
+    ConfigurationError,
+    DecryptionFailed,
+    NoKeyConfigured,
+)
 from vault.client.keys import KeyRing, KeySpec, backend_failure
 from vault.client.progress import Progress
 from vault.client.sdk import ObjectInfo, Vault
@@ -145,34 +151,109 @@ def cmd_key_init(args: argparse.Namespace) -> int:
 
 
 def cmd_key_rotate(args: argparse.Namespace) -> int:
-    """Rotate a key in its backend; new uploads use the new version, old ones stay readable."""
+    """Rotate a key in its backend, then rewrap every stored version under the new version.
+
+    With ``--rewrap-only`` no new key version is made: only versions not yet under the current
+    versions are rewrapped (to finish an interrupted or failed rotation). With ``--no-rewrap``
+    stored objects are left as they are (they stay readable under the older version).
+    """
     role = "recovery" if args.recovery else "primary"
     keys = KeyRing.load(cfg.config_dir())
     try:
-        ref = keys.rotate(role)
-        print(f"Rotated the {role} key {ref.key_id} to version {ref.version}")
-        print(f"New uploads are wrapped under version {ref.version}")
-        if args.no_scan:
+        if args.rewrap_only and not keys.configured:
+            raise NoKeyConfigured("no key is configured: there is nothing to rewrap under")
+        if not args.rewrap_only:
+            ref = keys.rotate(role)
+            print(f"Rotated the {role} key {ref.key_id} to version {ref.version}")
+            print(f"New uploads are wrapped under version {ref.version}")
+        if args.no_rewrap:
+            print(
+                "Stored objects keep their data keys wrapped under older versions (they stay "
+                "readable); run 'cvault key rotate --rewrap-only' to rewrap them"
+            )
             return 0
-        spec = keys.specs[role]
-        vault = Vault(Api(cfg.load_login(cfg.config_dir())), keys)
-        older = 0
-        for info in vault.list()[0]:
-            if info.mode != "client" or info.version is None:
-                continue
-            header = vault.header(info)
-            mine = [
-                s for s in header.stanzas if (s.backend, s.key.key_id) == (spec.kind, spec.key_id)
-            ]
-            if any(s.key.version < ref.version for s in mine):
-                older += 1
-        print(
-            f"{older} stored object(s) keep their data keys wrapped under older versions; they "
-            "stay readable. Rewrapping stored objects in place needs a server endpoint for "
-            "header-only updates, which the server does not offer yet (see docs/cli.md)"
-        )
+        try:
+            current = keys.current_versions()
+            if keys.rewrap_name_secret(current):
+                _say("Rewrapped the name secret under the current key versions")
+            vault = Vault(Api(cfg.load_login(cfg.config_dir())), keys)
+            return _rewrap_all(vault, current)
+        except ClientError as exc:
+            _say(f"cvault: error: {exc}")
+            _say(_UNFINISHED)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            _say("cvault: interrupted")
+            _say(_UNFINISHED)
+            return EXIT_INTERRUPTED
     finally:
         keys.close()
+
+
+_UNFINISHED = (
+    "cvault: stored objects were not all rewrapped: run 'cvault key rotate --rewrap-only' to "
+    "finish (no new key version; versions already done are skipped)"
+)
+
+
+def _rewrap_all(vault: Vault, current: dict[str, KeyRef]) -> int:
+    """Rewrap every version of every client-side object of this user; report and go on."""
+    wanted = ", ".join(f"{role} v{ref.version}" for role, ref in current.items())
+    objects, hidden = vault.list()
+    mine = [o for o in objects if o.mode == "client" and o.version is not None]
+    _say(f"Rewrapping {len(mine)} client-side object(s) under {wanted}")
+    rewrapped = unchanged = 0
+    failures: list[tuple[str, ClientError]] = []
+    for index, info in enumerate(mine, 1):
+        label = _printable(info.name or str(info.id))
+        done = kept = failed = 0
+        try:
+            numbers = vault.version_numbers(info)
+        except ClientError as exc:
+            numbers = ()
+            failed += 1
+            failures.append((f"{label} (listing its versions)", exc))
+        for number in numbers:
+            try:
+                if vault.rewrap(info, number, current):
+                    done += 1
+                else:
+                    kept += 1
+            except KeyBackendError as exc:
+                failed += 1
+                failure = backend_failure(exc, "rewrap")
+                failures.append((f"{label} version {number}", failure))
+            except ClientError as exc:
+                failed += 1
+                failures.append((f"{label} version {number}", exc))
+        rewrapped += done
+        unchanged += kept
+        tail = f", {failed} failed" if failed else ""
+        _say(f"[{index}/{len(mine)}] {label}: {done} rewrapped, {kept} already current{tail}")
+    if hidden:
+        _say(f"({hidden} client-side object(s) stored under other keys were not touched)")
+    tail = f"; {len(failures)} failed" if failures else ""
+    print(
+        f"Rewrapped {rewrapped} version(s) of {len(mine)} object(s), "
+        f"{unchanged} already current{tail}"
+    )
+    if failures:
+        _say(f"cvault: error: {len(failures)} version(s) could not be rewrapped:")
+        for what, error in failures:
+            _say(f"  {what}: {error}")
+        _say("cvault: until they are rewrapped, do not deactivate or destroy older key versions")
+        _say(_UNFINISHED)
+        codes = {error.exit_code for _, error in failures}
+        return codes.pop() if len(codes) == 1 else 1
+    for role, ref in current.items():
+        older = vault.keys.older_active_versions(role, ref)
+        if older:
+            listed = ", ".join(str(n) for n in older)
+            print(
+                f"Every stored version is wrapped under {role} key version {ref.version}: "
+                f"version(s) {listed} of {ref.key_id} can now be deactivated in its backend "
+                "(cvault does not do it for you; see docs/cli.md)"
+            )
     return 0
 
 
@@ -366,7 +447,19 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(handler=cmd_key_init, needs_vault=False)
     rotate = key_commands.add_parser("rotate", help="rotate your key to a new version")
     rotate.add_argument("--recovery", action="store_true", help="rotate the recovery key")
-    rotate.add_argument("--no-scan", action="store_true", help="do not check stored objects")
+    stored = rotate.add_mutually_exclusive_group()
+    stored.add_argument(
+        "--no-rewrap",
+        "--no-scan",
+        dest="no_rewrap",
+        action="store_true",
+        help="only rotate: leave stored objects under the older version",
+    )
+    stored.add_argument(
+        "--rewrap-only",
+        action="store_true",
+        help="make no new version: rewrap what is not under the current versions yet",
+    )
     rotate.set_defaults(handler=cmd_key_rotate, needs_vault=False)
     show = key_commands.add_parser("show", help="show the configured keys")
     show.set_defaults(handler=cmd_key_show, needs_vault=False)

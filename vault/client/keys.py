@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from kms_plugins.errors import (
     KeyStateError,
     UnwrapFailed,
 )
-from kms_plugins.types import KeyRef, WrappedKey
+from kms_plugins.types import KeyRef, KeyState, WrappedKey
 from vault.client import config as cfg
 from vault.client.errors import (
     ConfigurationError,
@@ -288,6 +288,139 @@ class KeyRing:
         ] + [wrapped]
         self.save()
         return ref
+
+    def current_versions(self) -> dict[str, KeyRef]:
+        """The version that wraps now (the backend's primary) of each configured key, by role.
+
+        Raises:
+            NoKeyConfigured: no primary key.
+            KeyBackendFailure: a backend failed, or a key has no active version to wrap with.
+        """
+        if not self.configured:
+            raise NoKeyConfigured(
+                "no key is configured: run 'cvault key init --backend local' (or pkcs11, tpm, kmip)"
+            )
+        current: dict[str, KeyRef] = {}
+        for role, spec, version in self.describe():
+            if version is None:
+                raise KeyBackendFailure(
+                    f"the {role} key {spec.key_id} has no active version to wrap with"
+                )
+            current[role] = KeyRef(spec.key_id, version)
+        return current
+
+    def older_active_versions(self, role: str, current: KeyRef) -> list[int]:
+        """The versions of ``role``'s key older than ``current`` that are still active.
+
+        Raises:
+            NoKeyConfigured, KeyBackendFailure.
+        """
+        try:
+            description = self.backend(role).describe(current.key_id)
+        except KeyBackendError as exc:
+            raise backend_failure(exc, "describe the key") from exc
+        return sorted(
+            info.ref.version
+            for info in description.versions
+            if info.ref.version < current.version and info.state == KeyState.ACTIVE
+        )
+
+    def _stale_roles(
+        self, stanzas: Sequence[WrappedKey], current: Mapping[str, KeyRef]
+    ) -> list[str]:
+        """The roles whose key has no stanza at its current version, or also an older one."""
+        stale = []
+        for role, spec in self._roles():
+            versions = [
+                s.key.version
+                for s in stanzas
+                if (s.backend, s.key.key_id) == (spec.kind, spec.key_id)
+            ]
+            wanted = current[role].version
+            if not versions or min(versions) < wanted:
+                stale.append(role)
+        return stale
+
+    def rewrap(
+        self,
+        header: EnvelopeHeader,
+        context: Mapping[str, str],
+        current: Mapping[str, KeyRef],
+    ) -> EnvelopeHeader | None:
+        """The header with its data key wrapped under the current version of each of our keys.
+
+        A configured key (primary, recovery) whose stanza is missing or older than its current
+        version gets a fresh stanza, wrapped under ``context`` (the one the old stanza was bound
+        to); a configured key whose stanza is current keeps it as it is; stanzas of keys that
+        are not configured here are kept unchanged. The data key is unwrapped by any of our keys
+        (an older, even deactivated, version still unwraps) and checked against the header's
+        key commitment first, so a rewrap never wraps the wrong key.
+
+        Args:
+            header: the stored header.
+            context: the context the stanzas are bound to (the envelope's context and the
+                ``cvault-name`` binding).
+            current: ``current_versions()``.
+
+        Returns:
+            The new header (the fixed part is unchanged), or None if every configured key
+            already has a stanza at its current version and no older one.
+
+        Raises:
+            WrongKey, DecryptionFailed: none of our keys opens the data key.
+            KeyBackendFailure: a backend failed.
+            InvalidEnvelopeParameters: the new stanzas cannot be encoded (too many).
+        """
+        stale = self._stale_roles(header.stanzas, current)
+        if not stale:
+            return None
+        dek = self.unwrap(header, context)
+        ours = {(spec.kind, spec.key_id) for _, spec in self._roles()}
+        stanzas: list[WrappedKey] = []
+        for role, spec in self._roles():
+            if role in stale:
+                try:
+                    stanzas.append(self.backend(role).wrap(spec.key_id, dek, context))
+                except KeyBackendError as exc:
+                    raise backend_failure(exc, f"wrap with the {role} key") from exc
+            else:
+                stanzas.extend(
+                    s
+                    for s in header.stanzas
+                    if (s.backend, s.key.key_id) == (spec.kind, spec.key_id)
+                )
+        stanzas.extend(s for s in header.stanzas if (s.backend, s.key.key_id) not in ours)
+        del dek
+        return header.with_stanzas(stanzas)
+
+    def rewrap_name_secret(self, current: Mapping[str, KeyRef]) -> bool:
+        """Wrap the name secret again under each key whose stanza is older than current.
+
+        ``rotate`` does this already; this catches up a key rotated outside ``cvault``.
+
+        Returns:
+            Whether ``keys.json`` changed.
+
+        Raises:
+            NoKeyConfigured, DecryptionFailed, KeyBackendFailure.
+        """
+        stale = self._stale_roles(self.name_stanzas, current)
+        if not stale:
+            return False
+        secret = self.name_secret()
+        for role in stale:
+            spec = self.specs[role]
+            try:
+                wrapped = self.backend(role).wrap(spec.key_id, secret, NAME_SECRET_CONTEXT)
+            except KeyBackendError as exc:
+                raise backend_failure(exc, f"wrap with the {role} key") from exc
+            self.name_stanzas = [
+                s
+                for s in self.name_stanzas
+                if (s.backend, s.key.key_id) != (spec.kind, spec.key_id)
+            ] + [wrapped]
+        self.save()
+        return True
 
     def describe(self) -> list[tuple[str, KeySpec, int | None]]:
         """``(role, spec, primary version or None)`` for each configured key.

@@ -29,11 +29,12 @@ import mimetypes
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
+from kms_plugins.types import KeyRef
 from vault.client import config as cfg
 from vault.client.api import Api, Response
 from vault.client.errors import (
@@ -422,6 +423,68 @@ class Vault:
         except EnvelopeError as exc:
             raise DecryptionFailed("the stored object is not a valid envelope") from exc
         return header
+
+    def version_numbers(self, info: ObjectInfo) -> tuple[int, ...]:
+        """The numbers of every stored version of an object, oldest first.
+
+        Raises:
+            ServerError, NetworkError.
+        """
+        numbers: set[int] = set()
+        for raw in self.api.pages(self.api.path(f"/objects/{info.id}/versions/")):
+            try:
+                numbers.add(int(raw["number"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise NetworkError(
+                    f"{self.api.url} answered a version list in an unexpected shape"
+                ) from exc
+        return tuple(sorted(numbers))
+
+    def rewrap(self, info: ObjectInfo, version: int, current: Mapping[str, KeyRef]) -> bool:
+        """Rewrap one client-side version's data key under the current versions of our keys.
+
+        Fetches only the version's header (a ranged GET), checks that its context is this
+        tenant, object and version, unwraps the data key with the wrap context it was stored
+        under (the envelope's context plus the ``cvault-name`` binding), wraps it again (see
+        ``KeyRing.rewrap``) and sends the new header to
+        ``PUT /objects/{id}/versions/{n}/header/``. The body is not touched: the server accepts
+        the header only if everything but the stanzas is unchanged. Doing it twice is harmless.
+
+        Args:
+            info: a client-side object.
+            version: one of its version numbers.
+            current: ``KeyRing.current_versions()``.
+
+        Returns:
+            True if the header was replaced; False if it was already current (nothing sent).
+
+        Raises:
+            DecryptionFailed, WrongKey: the header is not one of ours, for this object and
+                version (tampered, moved, or stored under a key we do not have).
+            KeyBackendFailure, ServerError, NetworkError.
+        """
+        header = self.header(info, version=version)
+        context = self._expected_context(info, version)
+        if header.context != context:
+            raise DecryptionFailed(
+                "authentication failed: the envelope was made for another object or version"
+            )
+        try:
+            new = self.keys.rewrap(
+                header, {**context, NAME_BINDING_KEY: name_binding(info.server_name)}, current
+            )
+        except EnvelopeError as exc:
+            raise ClientError(f"cannot build the new header ({exc})") from exc
+        if new is None:
+            return False
+        with self.api.request(
+            "PUT",
+            self.api.path(f"/objects/{info.id}/versions/{version}/header/"),
+            body=new.to_bytes(),
+            headers={"Content-Type": CLIENT_CONTENT_TYPE},
+        ) as response:
+            response.read()
+        return True
 
     def download(
         self,
