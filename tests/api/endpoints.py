@@ -92,6 +92,7 @@ def _new_client_object(world: World, side: Side, role: str) -> int:
     from vault.crypto import envelope
     from vault.objects.services import version_context, version_store_client
 
+    uploader = side.actors[role].token
     obj = object_create(
         tenant=side.tenant,
         name=world.unique("c-obj"),
@@ -104,7 +105,7 @@ def _new_client_object(world: World, side: Side, role: str) -> int:
         b"client", dek=b"d" * 32, context=version_context(obj, 1), stanzas=[stanza]
     )
     version_store_client(
-        obj=obj, stream=io.BytesIO(made), length=len(made), content_type="x/y", token=None
+        obj=obj, stream=io.BytesIO(made), length=len(made), content_type="x/y", token=uploader
     )
     _CLIENT_HEADERS[obj.pk] = _CLIENT_HEADERS[-1] = bytes(obj.versions.get().header)
     return obj.pk

@@ -3,6 +3,7 @@
 # mypy: disable-error-code="attr-defined"
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from io import StringIO
@@ -435,3 +436,88 @@ def test_a_new_header_may_not_change_anything_but_the_stanzas() -> None:
         content_type="application/octet-stream",
     )
     assert response.json()["error"]["code"] == "wrong_mode"
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status"),
+    [("bytes=5-3", 200), ("bytes=-0", 416), ("bytes=" + "9" * 30 + "-", 200), ("bytes=²-", 200)],
+)
+@pytest.mark.parametrize("mode", ["gateway", "client"])
+def test_odd_ranges_answer_sensibly(mode: str, range_header: str, status: int) -> None:
+    client = _client(bind=mode == "gateway")
+    obj = _create(client, mode=mode)
+    data = b"0123456789" * 10
+    body = data if mode == "gateway" else _client_envelope(client, obj, data)
+    assert _put(client, obj["id"], body).status_code == 201
+    response, received = _get(client, obj["id"], HTTP_RANGE=range_header)
+    assert response.status_code == status, (range_header, response.content[:200])
+    if status == 200:
+        assert received == body
+
+
+def test_an_empty_object_answers_a_range_with_416() -> None:
+    client = _client()
+    obj = _create(client)
+    _put(client, obj["id"], b"", CONTENT_LENGTH="0")
+    response, _ = _get(client, obj["id"], HTTP_RANGE="bytes=-5")
+    assert response.status_code == 416
+
+
+def test_a_gateway_upload_needs_a_plain_media_type() -> None:
+    client = _client()
+    obj = _create(client)
+    bad = client.put(f"/api/v1/objects/{obj['id']}/content/", b"x", content_type="a" * 300 + "/b")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "bad_content_type"
+    assert not ObjectVersion.objects.exists()
+    good = client.put(f"/api/v1/objects/{obj['id']}/content/", b"x", content_type="text/plain")
+    assert good.status_code == 201
+    response, _ = _get(client, obj["id"])
+    assert response["Content-Disposition"] == "attachment"
+
+
+@pytest.mark.parametrize("field", ["segment size", "context", "salt", "commitment"])
+def test_a_rewrap_cannot_change_any_fixed_field(field: str) -> None:
+    client = _client(bind=False)
+    obj = _create(client, mode="client")
+    made = _client_envelope(client, obj, b"data" * 100)
+    _put(client, obj["id"], made)
+    header, _ = envelope.read_header(io.BytesIO(made))
+    changed = {
+        "segment size": lambda h: dataclasses.replace(h, segment_size=h.segment_size * 2),
+        "context": lambda h: dataclasses.replace(
+            h, context_bytes=h.context_bytes.replace(b'"1"', b'"2"')
+        ),
+        "salt": lambda h: dataclasses.replace(h, salt=bytes(32)),
+        "commitment": lambda h: dataclasses.replace(h, commitment=bytes(32)),
+    }[field](header)
+    url = f"/api/v1/objects/{obj['id']}/versions/1/header/"
+    response = client.put(url, changed.to_bytes(), content_type="application/octet-stream")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "header_mismatch"
+    oversized = client.put(
+        url, b"x" * (envelope.MAX_HEADER_SIZE + 1), content_type="application/octet-stream"
+    )
+    assert oversized.status_code == 400
+    assert _get(client, obj["id"])[1] == made
+
+
+def test_only_the_uploader_or_an_owner_may_rewrap_and_the_old_header_is_kept() -> None:
+    from vault.objects.models import HeaderHistory
+
+    uploader = _client(bind=False)
+    obj = _create(uploader, mode="client")
+    made = _client_envelope(uploader, obj, b"data")
+    _put(uploader, obj["id"], made)
+    _, raw = envelope.read_header(io.BytesIO(made))
+    url = f"/api/v1/objects/{obj['id']}/versions/1/header/"
+    colleague = _client(tenant=uploader.tenant, bind=False)
+    refused = colleague.put(url, raw, content_type="application/octet-stream")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "not_the_uploader"
+    owner = _client(Role.OWNER, tenant=uploader.tenant, bind=False)
+    assert owner.put(url, raw, content_type="application/octet-stream").status_code == 200
+    (kept,) = HeaderHistory.objects.all()
+    assert bytes(kept.header) == raw
+    other_tenant = _client(bind=False)
+    assert other_tenant.put(url, raw, content_type="application/octet-stream").status_code == 404

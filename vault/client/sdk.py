@@ -39,6 +39,7 @@ from vault.client import config as cfg
 from vault.client.api import Api, Response
 from vault.client.errors import (
     ClientError,
+    ConfigurationError,
     DecryptionFailed,
     NetworkError,
     ObjectNotFound,
@@ -161,7 +162,13 @@ class Vault:
             ConfigurationError: unreadable configuration.
         """
         directory = directory or cfg.config_dir()
-        return cls(Api(cfg.load_login(directory), timeout=timeout), KeyRing.load(directory))
+        api = Api(cfg.load_login(directory), timeout=timeout)
+        if api.insecure_transport and os.environ.get("CVAULT_INSECURE") != "1":
+            raise ConfigurationError(
+                f"{api.url} is plain http to a remote host: the token (and, with --gateway, the "
+                "data) would cross the network in clear; use https, or set CVAULT_INSECURE=1"
+            )
+        return cls(api, KeyRing.load(directory))
 
     def close(self) -> None:
         """Close the key backends' connections."""

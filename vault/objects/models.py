@@ -71,3 +71,21 @@ class ObjectVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.object} v{self.number}"
+
+
+class HeaderHistory(models.Model):
+    """A client-side version's header as it was before a rewrap replaced its stanzas."""
+
+    version = models.ForeignKey(ObjectVersion, on_delete=models.CASCADE, related_name="+")
+    header = models.BinaryField()
+    replaced_at = models.DateTimeField(auto_now_add=True)
+    replaced_by = models.ForeignKey(
+        ApiToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ("version", "replaced_at")
+        verbose_name_plural = "header history"
+
+    def __str__(self) -> str:
+        return f"{self.version} header replaced {self.replaced_at:%Y-%m-%d}"

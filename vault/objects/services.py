@@ -23,7 +23,7 @@ from vault.crypto import envelope
 from vault.crypto.errors import EnvelopeError
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
-from vault.objects.models import ObjectMode, ObjectVersion, StoredObject
+from vault.objects.models import HeaderHistory, ObjectMode, ObjectVersion, StoredObject
 from vault.tenants.models import Tenant
 from vault.tokens.models import ApiToken
 
@@ -336,7 +336,37 @@ class HeaderMismatch(ObjectError):
     code, status = "header_mismatch", 400
 
 
-def version_replace_header(*, version: ObjectVersion, header: bytes) -> ObjectVersion:
+class NotYours(ObjectError):
+    code, status = "not_the_uploader", 403
+
+
+class BadContentType(ObjectError):
+    code, status = "bad_content_type", 400
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """A requested byte range: ``first``-``last`` (inclusive; ``last`` None: to the end), or the
+    last ``suffix`` bytes."""
+
+    first: int = 0
+    last: int | None = None
+    suffix: int | None = None
+
+
+def version_created_by(version: ObjectVersion, *, token: ApiToken, user: Any) -> bool:
+    """Whether ``token`` (or another token of the same person) uploaded ``version``."""
+    uploader = version.created_by
+    if uploader is None:
+        return False
+    if user is not None:
+        return uploader.user_id == user.pk
+    return uploader.pk == token.pk or uploader.parent_id == token.pk
+
+
+def version_replace_header(
+    *, version: ObjectVersion, header: bytes, token: ApiToken | None = None
+) -> ObjectVersion:
     """Replace the recipient stanzas of a client-side version (a rewrap after a key rotation).
 
     Only the stanzas may change: the new header's fixed part (format, segment size, context,
@@ -357,7 +387,14 @@ def version_replace_header(*, version: ObjectVersion, header: bytes) -> ObjectVe
     old = envelope.parse_header(bytes(version.header))
     if new.fixed != old.fixed:
         raise HeaderMismatch("only the recipient stanzas of a header may change")
-    ObjectVersion.objects.filter(pk=version.pk).update(header=header)
+    previous = bytes(version.header)
+    with transaction.atomic():
+        # Compare and swap: a concurrent rewrap of the same version loses, it does not overwrite.
+        changed = ObjectVersion.objects.filter(pk=version.pk, header=previous).update(header=header)
+        if not changed:
+            raise VersionConflict("the header changed meanwhile; fetch it and try again")
+        # The replaced header is kept, so a bad rewrap can be undone by an operator.
+        HeaderHistory.objects.create(version=version, header=previous, replaced_by=token)
     version.header = header
     return version
 
@@ -391,9 +428,7 @@ def _stream_body(version: ObjectVersion, start: int = 0, end: int | None = None)
         handle.close()
 
 
-def version_read(
-    *, version: ObjectVersion, byte_range: tuple[int, int | None] | None = None
-) -> Download:
+def version_read(*, version: ObjectVersion, byte_range: ByteRange | None = None) -> Download:
     """Open a version for download: plaintext (gateway) or the envelope (client-side).
 
     Gateway mode unwraps the DEK through the tenant's backend first (so a backend outage fails
@@ -413,14 +448,7 @@ def version_read(
         return Download(chunks, end - start, total, start if byte_range else None)
     header = envelope.parse_header(bytes(version.header))
     context = version_context(obj, version.number)
-    primary = KeyBinding.objects.get(tenant=obj.tenant, role=KeyRole.PRIMARY)
-    backend = key_backend(primary.backend_alias)
-    dek = envelope.unwrap_dek(
-        header,
-        lambda wrapped: backend.unwrap(wrapped, context),
-        backend=backend.kind,
-        key_id=primary.key_id,
-    )
+    dek = _unwrap_with_tenant_keys(obj.tenant, header, context)
     decryptor = envelope.Decryptor(header, dek, context)
     del dek
     start, end = _resolve_range(byte_range, version.size)
@@ -436,16 +464,39 @@ def version_read(
     return Download(chunks, end - start, version.size, start)
 
 
-def _resolve_range(byte_range: tuple[int, int | None] | None, total: int) -> tuple[int, int]:
+def _unwrap_with_tenant_keys(
+    tenant: Tenant, header: envelope.EnvelopeHeader, context: dict[str, str]
+) -> bytes:
+    """The DEK, from the stanza of the tenant's primary key, else of its recovery key."""
+    bindings = KeyBinding.objects.filter(
+        tenant=tenant, role__in=(KeyRole.PRIMARY, KeyRole.RECOVERY)
+    ).order_by("role")  # "primary" sorts before "recovery"
+    last_error: Exception | None = None
+    for binding in bindings:
+        backend = key_backend(binding.backend_alias)
+        try:
+            return envelope.unwrap_dek(
+                header,
+                lambda wrapped, backend=backend: backend.unwrap(wrapped, context),  # type: ignore[misc]
+                backend=backend.kind,
+                key_id=binding.key_id,
+            )
+        except envelope.NoMatchingStanza as exc:
+            last_error = exc
+    raise NoVersion("no key of this tenant opens the version") from last_error
+
+
+def _resolve_range(byte_range: ByteRange | None, total: int) -> tuple[int, int]:
     if byte_range is None:
         return 0, total
-    first, last = byte_range
-    if first < 0:  # a suffix range: the last -first bytes
-        return max(total + first, 0), total
-    if first >= total:
+    if byte_range.suffix is not None:
+        if byte_range.suffix == 0 or total == 0:
+            raise RangeNotSatisfiable(f"the object has {total} bytes")
+        return max(total - byte_range.suffix, 0), total
+    if byte_range.first >= total:
         raise RangeNotSatisfiable(f"the object has {total} bytes")
-    end = total if last is None else min(last + 1, total)
-    return first, end
+    end = total if byte_range.last is None else min(byte_range.last + 1, total)
+    return byte_range.first, end
 
 
 def _envelope_slice(version: ObjectVersion, header: bytes, start: int, end: int) -> Iterator[bytes]:

@@ -31,7 +31,9 @@ from vault.tenants.models import Role
 
 READERS = frozenset({Role.OWNER, Role.MEMBER, Role.AUDITOR})
 WRITERS = frozenset({Role.OWNER, Role.MEMBER})
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}$")
 
 
 class ObjectApiError(ApiError):
@@ -77,16 +79,25 @@ class OctetStreamRenderer(BaseRenderer):
         return JSONRenderer().render(data, "application/json", renderer_context)
 
 
-def _parse_range(header: str | None) -> tuple[int, int | None] | None:
+def _parse_range(header: str | None) -> services.ByteRange | None:
+    """One ``bytes=`` range; anything else (several ranges, inverted, malformed) is ignored and
+    the whole object is sent, as RFC 9110 allows."""
     if not header:
         return None
     match = _RANGE.match(header.strip())
     if match is None or match.groups() == ("", ""):
-        return None  # unsupported forms (several ranges): answer with the whole object
+        return None
     first, last = match.groups()
     if first == "":
-        return (-int(last), None)
-    return (int(first), int(last) if last else None)
+        return services.ByteRange(suffix=int(last))
+    if last and int(last) < int(first):
+        return None
+    return services.ByteRange(first=int(first), last=int(last) if last else None)
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.META.get("CONTENT_LENGTH") or ""
+    return int(raw) if _DIGITS.match(raw) else None
 
 
 class ObjectViewSet(
@@ -231,20 +242,28 @@ class ObjectViewSet(
         version = obj.versions.filter(number=number).first()
         if version is None:
             raise _api_error(services.NoVersion("the object has no such version"))
-        raw_length = request.META.get("CONTENT_LENGTH")
-        length = int(raw_length) if raw_length and raw_length.isdigit() else -1
+        length = _content_length(request) or -1
         if not 0 < length <= envelope.MAX_HEADER_SIZE:
             raise _api_error(services.MalformedEnvelope("send one header, with Content-Length"))
         data = request._request.read(length)
+        principal = self.principal
+        if principal.role != Role.OWNER and not services.version_created_by(
+            version, token=principal.token, user=principal.user
+        ):
+            raise _api_error(
+                services.NotYours("only the version's uploader or an owner may rewrap")
+            )
         try:
-            services.version_replace_header(version=version, header=data)
+            services.version_replace_header(version=version, header=data, token=principal.token)
         except services.ObjectError as exc:
             raise _api_error(exc) from exc
         return Response(ObjectVersionSerializer(version).data)
 
     def _upload(self, request: Request, obj: StoredObject) -> Response:
-        raw_length = request.META.get("CONTENT_LENGTH")
-        length = int(raw_length) if raw_length and raw_length.isdigit() else None
+        length = _content_length(request)
+        content_type = (request.content_type or obj.content_type).split(";")[0].strip()
+        if not _MEDIA_TYPE.match(content_type):
+            raise _api_error(services.BadContentType("Content-Type must be a plain media type"))
         store = (
             services.version_store_client
             if obj.mode == "client"
@@ -255,7 +274,7 @@ class ObjectViewSet(
                 obj=obj,
                 stream=cast(BinaryIO, request._request),  # Django's request streams the body
                 length=length,
-                content_type=request.content_type or obj.content_type,
+                content_type=content_type,
                 token=self.principal.token,
             )
         except EnvelopeError as exc:
@@ -266,7 +285,7 @@ class ObjectViewSet(
         number = request.query_params.get("version")
         versions = obj.versions.order_by("-number")
         if number is not None:
-            versions = versions.filter(number=int(number) if number.isdigit() else -1)
+            versions = versions.filter(number=int(number) if _DIGITS.match(number) else -1)
         version: ObjectVersion | None = versions.first()
         if version is None:
             raise services.NoVersion("the object has no such version")
@@ -278,6 +297,7 @@ class ObjectViewSet(
         response["Content-Length"] = str(download.length)
         response["Accept-Ranges"] = "bytes"
         response["Cache-Control"] = "no-store"
+        response["Content-Disposition"] = "attachment"
         if download.start is not None:
             response.status_code = 206
             last = download.start + download.length - 1
