@@ -521,3 +521,31 @@ def test_only_the_uploader_or_an_owner_may_rewrap_and_the_old_header_is_kept() -
     assert bytes(kept.header) == raw
     other_tenant = _client(bind=False)
     assert other_tenant.put(url, raw, content_type="application/octet-stream").status_code == 404
+
+
+def test_prefix_filtering_is_case_sensitive() -> None:
+    client = _client()
+    for name in ("Reports/q1", "reports/q2"):
+        _create(client, name=name)
+    names = [o["name"] for o in client.get("/api/v1/objects/?prefix=reports/").json()["results"]]
+    assert names == ["reports/q2"]
+
+
+def test_listing_does_not_query_per_object() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = _client()
+    for index in range(3):
+        obj = _create(client, name=f"n{index}")
+        _put(client, obj["id"], b"x")
+    with CaptureQueriesContext(connection) as few:
+        assert client.get("/api/v1/objects/").json()["count"] == 3
+    for index in range(3, 9):
+        obj = _create(client, name=f"n{index}")
+        _put(client, obj["id"], b"x")
+    with CaptureQueriesContext(connection) as more:
+        listed = client.get("/api/v1/objects/").json()
+    assert listed["count"] == 9
+    assert all(row["latest_version"]["number"] == 1 for row in listed["results"])
+    assert len(more.captured_queries) == len(few.captured_queries)

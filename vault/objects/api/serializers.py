@@ -33,14 +33,21 @@ class StoredObjectSerializer(serializers.ModelSerializer[StoredObject]):
         )
         read_only_fields = fields
 
+    @staticmethod
+    def _latest(obj: StoredObject) -> ObjectVersion | None:
+        # Lists prefetch the versions newest first; a single object may not have them loaded.
+        versions = list(obj.versions.all())
+        return max(versions, key=lambda v: v.number) if versions else None
+
     def get_latest_version(self, obj: StoredObject) -> dict[str, Any] | None:
-        latest = obj.versions.order_by("-number").first()
+        latest = self._latest(obj)
         return dict(ObjectVersionSerializer(latest).data) if latest else None
 
     def get_next_context(self, obj: StoredObject) -> dict[str, str]:
-        from vault.objects.services import _next_number, version_context
+        from vault.objects.services import version_context
 
-        return version_context(obj, _next_number(obj))
+        latest = self._latest(obj)
+        return version_context(obj, (latest.number if latest else 0) + 1)
 
 
 class StoredObjectCreateSerializer(serializers.Serializer[StoredObject]):

@@ -3,7 +3,8 @@ from __future__ import annotations
 import re
 from typing import Any, BinaryIO, cast
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
+from django.db.models.functions import Substr
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -124,11 +125,14 @@ class ObjectViewSet(
         queryset = StoredObject.objects.filter(deleted_at__isnull=True).select_related("tenant")
         prefix = self.request.query_params.get("prefix")
         if prefix:
-            queryset = queryset.filter(name__startswith=prefix)
+            # Case-sensitive on every database (SQLite's LIKE ignores ASCII case).
+            queryset = queryset.annotate(_head=Substr("name", 1, len(prefix))).filter(_head=prefix)
         mode = self.request.query_params.get("mode")
         if mode:
             queryset = queryset.filter(mode=mode)
-        return queryset.order_by("name", "pk")
+        return queryset.prefetch_related(
+            Prefetch("versions", queryset=ObjectVersion.objects.order_by("-number"))
+        ).order_by("name", "pk")
 
     @extend_schema(
         parameters=[
