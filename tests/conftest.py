@@ -124,6 +124,19 @@ def _fast_password_hashing(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _private_storage(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each test stores ciphertext in a fresh directory, never in var/storage."""
+    location = tmp_path_factory.mktemp("storage")
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(location)},
+        },
+    }
+
+
+@pytest.fixture(autouse=True)
 def _private_keystore(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Each test's ``local`` key backend keeps its keys in a fresh directory, never in var/."""
     directory = tmp_path_factory.mktemp("keystore")

@@ -322,6 +322,10 @@ else:
     CELERY_TASK_ALWAYS_EAGER = True
     CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
+    "vault.objects.sweep_orphans": {
+        "task": "vault.objects.sweep_orphans",
+        "schedule": timedelta(hours=24),
+    },
     "vault.objects.purge_deleted": {
         "task": "vault.objects.purge_deleted",
         "schedule": timedelta(hours=1),

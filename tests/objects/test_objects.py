@@ -549,3 +549,22 @@ def test_listing_does_not_query_per_object() -> None:
     assert listed["count"] == 9
     assert all(row["latest_version"]["number"] == 1 for row in listed["results"])
     assert len(more.captured_queries) == len(few.captured_queries)
+
+
+def test_orphaned_bodies_are_swept_after_a_day() -> None:
+    from datetime import timedelta
+
+    from django.core.files.base import ContentFile
+    from django.utils import timezone
+
+    from vault.objects.services import storage_sweep_orphans
+
+    client = _client()
+    obj = _create(client)
+    _put(client, obj["id"], b"kept")
+    storage = storages["default"]
+    stray = storage.save("9/9/1-orphan", ContentFile(b"left by a crash"))
+    assert storage_sweep_orphans() == 0, "too young to be sure it is an orphan"
+    assert storage_sweep_orphans(now=timezone.now() + timedelta(days=2)) == 1
+    assert not storage.exists(stray)
+    assert _get(client, obj["id"])[1] == b"kept"

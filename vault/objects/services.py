@@ -129,6 +129,38 @@ def objects_purge_deleted(*, now: Any = None) -> int:
     return purged
 
 
+ORPHAN_MIN_AGE = timedelta(hours=24)
+
+
+def _stored_files(storage: Any, directory: str = "") -> Iterator[str]:
+    folders, files = storage.listdir(directory)
+    for name in files:
+        yield f"{directory}/{name}" if directory else name
+    for folder in folders:
+        yield from _stored_files(storage, f"{directory}/{folder}" if directory else folder)
+
+
+def storage_sweep_orphans(*, now: Any = None) -> int:
+    """Remove stored bodies that no version row names, once older than a day.
+
+    A crash between writing a body and recording its version leaves such a file; the age
+    threshold keeps the sweep away from uploads still in progress. Returns how many went.
+    """
+    storage = storages["default"]
+    cutoff = (now or timezone.now()) - ORPHAN_MIN_AGE
+    removed = 0
+    for name in _stored_files(storage):
+        if ObjectVersion.objects.filter(storage_name=name).exists():
+            continue
+        if storage.get_modified_time(name) > cutoff:
+            continue
+        storage.delete(name)
+        removed += 1
+    if removed:
+        logger.info("removed %d orphaned stored file(s)", removed)
+    return removed
+
+
 def _next_number(obj: StoredObject) -> int:
     latest = obj.versions.order_by("-number").values_list("number", flat=True).first()
     return (latest or 0) + 1
