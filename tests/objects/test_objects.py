@@ -568,3 +568,16 @@ def test_orphaned_bodies_are_swept_after_a_day() -> None:
     assert storage_sweep_orphans(now=timezone.now() + timedelta(days=2)) == 1
     assert not storage.exists(stray)
     assert _get(client, obj["id"])[1] == b"kept"
+
+
+def test_the_orphan_sweep_runs_before_anything_was_stored(settings, tmp_path) -> None:
+    from vault.objects.services import storage_sweep_orphans
+
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "not-yet-created")},
+        },
+    }
+    assert storage_sweep_orphans() == 0

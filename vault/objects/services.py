@@ -133,7 +133,10 @@ ORPHAN_MIN_AGE = timedelta(hours=24)
 
 
 def _stored_files(storage: Any, directory: str = "") -> Iterator[str]:
-    folders, files = storage.listdir(directory)
+    try:
+        folders, files = storage.listdir(directory)
+    except FileNotFoundError:  # nothing stored yet
+        return
     for name in files:
         yield f"{directory}/{name}" if directory else name
     for folder in folders:
