@@ -17,7 +17,6 @@ from django.core.files.storage import storages
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from kms_plugins.errors import KeyBackendError
 from kms_plugins.types import WrappedKey
 from vault.crypto import envelope
 from vault.crypto.errors import EnvelopeError
@@ -80,6 +79,18 @@ class NoVersion(ObjectError):
 
 class RangeNotSatisfiable(ObjectError):
     code, status = "range_not_satisfiable", 416
+
+
+class HeaderMismatch(ObjectError):
+    code, status = "header_mismatch", 400
+
+
+class NotYours(ObjectError):
+    code, status = "not_the_uploader", 403
+
+
+class BadContentType(ObjectError):
+    code, status = "bad_content_type", 400
 
 
 def version_context(obj: StoredObject, number: int) -> dict[str, str]:
@@ -367,18 +378,6 @@ def version_store_client(
     )
 
 
-class HeaderMismatch(ObjectError):
-    code, status = "header_mismatch", 400
-
-
-class NotYours(ObjectError):
-    code, status = "not_the_uploader", 403
-
-
-class BadContentType(ObjectError):
-    code, status = "bad_content_type", 400
-
-
 @dataclass(frozen=True)
 class ByteRange:
     """A requested byte range: ``first``-``last`` (inclusive; ``last`` None: to the end), or the
@@ -539,15 +538,3 @@ def _envelope_slice(version: ObjectVersion, header: bytes, start: int, end: int)
         yield header[start : min(end, len(header))]
     if end > len(header):
         yield from _stream_body(version, max(start - len(header), 0), end - len(header))
-
-
-__all__ = [
-    "Download",
-    "KeyBackendError",
-    "ObjectError",
-    "object_create",
-    "object_delete",
-    "version_read",
-    "version_store_client",
-    "version_store_gateway",
-]
