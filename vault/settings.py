@@ -58,6 +58,7 @@ try:
     VAULT_TOKEN_MAX_DAYS = env_int("VAULT_TOKEN_MAX_DAYS", 365, minimum=1)
     VAULT_MAX_OBJECT_BYTES = env_int("VAULT_MAX_OBJECT_BYTES", 5 * 1024**3, minimum=1)
     VAULT_OBJECT_RETENTION_DAYS = env_int("VAULT_OBJECT_RETENTION_DAYS", 30, minimum=0)
+    VAULT_UPLOAD_SESSION_HOURS = env_int("VAULT_UPLOAD_SESSION_HOURS", 24, minimum=1, maximum=720)
     VAULT_AUTH_FAILURE_LIMIT = env_int("VAULT_AUTH_FAILURE_LIMIT", 20, minimum=1)
     VAULT_AUTH_FAILURE_WINDOW = env_int("VAULT_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1)
     VAULT_KEY_BACKENDS = env_json("VAULT_KEY_BACKENDS", None)
@@ -328,6 +329,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "vault.objects.purge_deleted": {
         "task": "vault.objects.purge_deleted",
+        "schedule": timedelta(hours=1),
+    },
+    "vault.objects.purge_expired_uploads": {
+        "task": "vault.objects.purge_expired_uploads",
         "schedule": timedelta(hours=1),
     },
     "vault.core.clear_expired_sessions": {

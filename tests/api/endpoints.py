@@ -137,12 +137,53 @@ def _object_unchanged(pk: int) -> bool:
     return obj.deleted_at is None and obj.versions.count() == 1
 
 
+def _new_upload(world: World, side: Side, role: str) -> Any:
+    from vault.objects.uploads import upload_create
+
+    obj = StoredObject.objects.get(pk=_new_object(world, side, role))
+    return upload_create(
+        obj=obj, length=20, content_type="text/plain", token=side.actors[role].token
+    ).pk
+
+
+def _upload_unchanged(pk: Any) -> bool:
+    from vault.objects.models import UploadSession
+
+    session = UploadSession.objects.filter(pk=pk).first()
+    return session is not None and session.received == 0 and not session.parts.exists()
+
+
+def _upload_payload(world: World, side: Side, role: str) -> dict[str, Any]:
+    return {"object": _new_object(world, side, role), "length": 1000}
+
+
+def _upload_created_here(response: Any, world: World) -> None:
+    from vault.objects.models import UploadSession
+
+    session = UploadSession.objects.get(pk=response.json()["id"])
+    assert session.object.tenant == world.mine.tenant
+
+
+def _tenant_unchanged_elsewhere(response: Any, world: World) -> None:
+    _tenant_is_mine(response, world)
+    world.other.tenant.refresh_from_db()
+    assert not world.other.tenant.deduplicate
+
+
 def _mine_with_an_object(response: Any, world: World) -> None:
     _objects_are_mine(response, world)
 
 
 ENDPOINTS = [
     Endpoint("v1:tenant", "GET", EVERYONE, 200, check_scope=_tenant_is_mine),
+    Endpoint(
+        "v1:tenant",
+        "PATCH",
+        OWNERS,
+        200,
+        payload=lambda w, s, r: {"deduplicate": True},
+        check_scope=_tenant_unchanged_elsewhere,
+    ),
     Endpoint("v1:member-list", "GET", READERS, 200, check_scope=_members_are_mine),
     Endpoint(
         "v1:member-list",
@@ -268,6 +309,40 @@ ENDPOINTS = [
         payload=_same_header,
         still_there=_client_object_unchanged,
         url_kwargs={"number": 1},
+    ),
+    Endpoint(
+        "v1:upload-list",
+        "POST",
+        OBJECT_WRITERS,
+        201,
+        payload=_upload_payload,
+        check_scope=_upload_created_here,
+    ),
+    Endpoint(
+        "v1:upload-detail",
+        "GET",
+        OBJECT_WRITERS,
+        200,
+        make_object=_new_upload,
+        still_there=_upload_unchanged,
+    ),
+    Endpoint(
+        "v1:upload-detail",
+        "DELETE",
+        OBJECT_WRITERS,
+        204,
+        make_object=_new_upload,
+        still_there=_upload_unchanged,
+    ),
+    Endpoint(
+        "v1:upload-part",
+        "PUT",
+        OBJECT_WRITERS,
+        200,
+        make_object=_new_upload,
+        payload=lambda w, s, r: b"first ten.",
+        still_there=_upload_unchanged,
+        url_kwargs={"offset": 0},
     ),
     Endpoint(
         "v1:token-detail",

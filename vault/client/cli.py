@@ -291,30 +291,26 @@ def _resolve(vault: Vault, args: argparse.Namespace) -> ObjectInfo:
 
 
 def cmd_put(args: argparse.Namespace, vault: Vault) -> int:
-    """Upload FILE as NAME (client-side encrypted unless --gateway)."""
+    """Upload FILE as NAME (client-side encrypted unless --gateway); large files resumably."""
     path = Path(args.file)
     name = args.name or path.name
     try:
-        handle = path.open("rb")
+        size = path.stat().st_size
     except OSError as exc:
         raise ClientError(f"cannot read {path} ({exc.strerror})") from exc
-    with handle:
-        stat = os.fstat(handle.fileno())
-        if not os.path.isfile(path):
-            raise ClientError(f"{path} is not a regular file")
-        progress = Progress(name, stat.st_size)
-        version = vault.put(
-            handle,
-            name,
-            size=stat.st_size,
-            gateway=args.gateway,
-            content_type=args.content_type,
-            progress=progress,
-        )
-        progress.finish()
+    progress = Progress(name, size)
+    version = vault.put_file(
+        path,
+        name,
+        gateway=args.gateway,
+        content_type=args.content_type,
+        progress=progress,
+        notify=lambda message: print(f"cvault: {message}", file=sys.stderr),
+    )
+    progress.finish()
     mode = "gateway" if args.gateway else "client-side encrypted"
     number = version.get("number")
-    print(f"Stored {_printable(name)} version {number} ({mode}, {stat.st_size} bytes)")
+    print(f"Stored {_printable(name)} version {number} ({mode}, {version.get('size')} bytes)")
     return 0
 
 

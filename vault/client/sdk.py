@@ -22,6 +22,7 @@ and from the HTTP connection.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -29,7 +30,7 @@ import mimetypes
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -48,9 +49,19 @@ from vault.client.errors import (
 from vault.client.keys import KeyRing
 from vault.client.names import check_name, name_binding
 from vault.client.progress import Progress
+from vault.client.resume import (
+    CountingReader,
+    UploadState,
+    file_identity,
+    part_size,
+    range_chunks,
+    range_digest,
+)
 from vault.crypto import (
+    DEFAULT_SEGMENT_SIZE,
     DEK_SIZE,
     MAX_HEADER_SIZE,
+    TAG_SIZE,
     AuthenticationFailed,
     Decryptor,
     Encryptor,
@@ -58,6 +69,7 @@ from vault.crypto import (
     EnvelopeFormatError,
     EnvelopeHeader,
     body_size,
+    parse_header,
     read_header,
 )
 
@@ -118,6 +130,19 @@ def _exact_chunks(source: BinaryIO, size: int, progress: Progress | None) -> Ite
         raise ClientError("the file grew while it was being uploaded; nothing was stored")
 
 
+def _quiet(message: str) -> None:
+    return None
+
+
+class _FileChanged(Exception):
+    """The file differs from the one a resumed upload started with."""
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
 class _CountingReader(io.RawIOBase):
     """A response body as a raw stream, counting bytes for the progress bar."""
 
@@ -144,13 +169,16 @@ class Vault:
     segment after each authenticates.
     """
 
-    def __init__(self, api: Api, keys: KeyRing) -> None:
+    def __init__(self, api: Api, keys: KeyRing, state_dir: Path | None = None) -> None:
         """Args:
         api: the HTTP client (URL and token).
         keys: the user's key ring (may be empty: then only gateway mode works).
+        state_dir: where unfinished uploads keep their state (``put_file`` resumes them);
+            None: uploads are not resumable.
         """
         self.api = api
         self.keys = keys
+        self.state_dir = state_dir
         self._slug: str | None = None
 
     @classmethod
@@ -168,7 +196,7 @@ class Vault:
                 f"{api.url} is plain http to a remote host: the token (and, with --gateway, the "
                 "data) would cross the network in clear; use https, or set CVAULT_INSECURE=1"
             )
-        return cls(api, KeyRing.load(directory))
+        return cls(api, KeyRing.load(directory), state_dir=directory)
 
     def close(self) -> None:
         """Close the key backends' connections."""
@@ -376,6 +404,262 @@ class Vault:
             raise
         version: dict[str, Any] = json.loads(data)
         return version
+
+    def put_file(
+        self,
+        path: Path,
+        name: str,
+        *,
+        gateway: bool = False,
+        content_type: str | None = None,
+        progress: Progress | None = None,
+        notify: Callable[[str], object] | None = None,
+    ) -> dict[str, Any]:
+        """Store the file at ``path`` as a new version of ``name``; resumable when it is large.
+
+        A file larger than one part (``CVAULT_PART_SIZE``, 16 MiB by default) goes up in parts
+        through an upload session. If the upload stops (a broken connection, a killed process),
+        calling ``put_file`` again with the same file and name continues where it stopped, as
+        long as the file did not change (``vault.client.resume``).
+
+        Args:
+            notify: told, in a sentence, when an upload resumes or starts over.
+
+        Returns:
+            The new version as the server describes it.
+
+        Raises:
+            As ``put``; a NetworkError says the upload can be continued.
+        """
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise ClientError(f"cannot read {path} ({exc.strerror})") from exc
+        with handle:
+            stat = os.fstat(handle.fileno())
+            if not os.path.isfile(path):
+                raise ClientError(f"{path} is not a regular file")
+            part = part_size(DEFAULT_SEGMENT_SIZE)
+            if self.state_dir is None or stat.st_size <= part:
+                return self.put(
+                    handle,
+                    name,
+                    size=stat.st_size,
+                    gateway=gateway,
+                    content_type=content_type,
+                    progress=progress,
+                )
+            return self._put_in_parts(
+                handle, path, stat, name, part, gateway, content_type, progress, notify or _quiet
+            )
+
+    def _put_in_parts(
+        self,
+        handle: BinaryIO,
+        path: Path,
+        stat: os.stat_result,
+        name: str,
+        part: int,
+        gateway: bool,
+        content_type: str | None,
+        progress: Progress | None,
+        notify: Callable[[str], object],
+    ) -> dict[str, Any]:
+        check_name(name)
+        assert self.state_dir is not None  # noqa: S101  (put_file checked)
+        mode = "gateway" if gateway else "client"
+        kind = CLIENT_CONTENT_TYPE
+        if gateway:
+            kind = content_type or mimetypes.guess_type(name)[0] or CLIENT_CONTENT_TYPE
+            server_name = name
+        else:
+            server_name = self.keys.names().encrypt(name)
+        info, _ = self._create_or_find(server_name, mode, kind)
+        key = {"url": self.api.url, "tenant": self.tenant_slug(), "object": info.id, "mode": mode}
+        identity = {**key, **file_identity(path, stat), "part_size": part}
+        state = UploadState(self.state_dir, {**key, "path": identity["path"]})
+        for _attempt in range(2):  # a second attempt only after the file was found changed
+            session = self._resumed_session(state, identity, notify)
+            if session is not None and session.get("complete"):
+                state.remove()
+                return dict(session["version"])
+            if session is None:
+                session = self._new_session(state, identity, info, server_name, kind, stat)
+            elif session["offset"]:
+                notify(f"resuming the upload at byte {session['offset']} of {session['length']}")
+            try:
+                if gateway:
+                    version = self._send_plain_parts(handle, session, stat.st_size, part, progress)
+                else:
+                    version = self._send_envelope_parts(
+                        handle, state, info, server_name, session, stat.st_size, part, progress
+                    )
+            except _FileChanged:
+                notify("the file changed since the upload was interrupted; starting over")
+                self._abandon(state)
+                if progress is not None:
+                    progress.done = 0
+                continue
+            except ServerError as exc:
+                if exc.status in (400, 404, 409, 410, 413) and exc.code != "offset_mismatch":
+                    self._abandon(state)  # the session cannot succeed: start afresh next time
+                raise
+            except (NetworkError, OSError) as exc:
+                raise NetworkError(
+                    f"{exc}; the upload stopped: run the same 'cvault put' again to continue "
+                    "where it stopped"
+                ) from exc
+            state.remove()
+            return version
+        raise ClientError("the file keeps changing while it is uploaded; nothing was stored")
+
+    def _upload_path(self, upload: str, suffix: str = "") -> str:
+        return self.api.path(f"/uploads/{upload}/{suffix}")
+
+    def _resumed_session(
+        self, state: UploadState, identity: dict[str, Any], notify: Callable[[str], object]
+    ) -> dict[str, Any] | None:
+        saved, stale = state.load(identity)
+        if stale is not None:
+            notify("the file changed since the upload was interrupted; starting over")
+            state.data = {"upload": stale}
+            self._abandon(state)
+        if saved is None:
+            return None
+        try:
+            session: dict[str, Any] = self.api.json("GET", self._upload_path(saved["upload"]))
+        except ServerError as exc:
+            if exc.status in (404, 410):
+                state.remove()
+                return None
+            raise
+        return session
+
+    def _new_session(
+        self,
+        state: UploadState,
+        identity: dict[str, Any],
+        info: ObjectInfo,
+        server_name: str,
+        kind: str,
+        stat: os.stat_result,
+    ) -> dict[str, Any]:
+        if info.mode == "gateway":
+            payload = {"object": info.id, "length": stat.st_size, "content_type": kind}
+            session: dict[str, Any] = self.api.json("POST", self.api.path("/uploads/"), payload)
+            state.data = {}
+            state.save(**identity, upload=session["id"])
+            return session
+        info = self.get_info(info.id)  # the next version, as of now
+        context = self._checked_next_context(info)
+        dek = secrets.token_bytes(DEK_SIZE)
+        wrap_context = {**context, NAME_BINDING_KEY: name_binding(server_name)}
+        encryptor = Encryptor(dek, context, self.keys.wrap(dek, wrap_context))
+        del dek
+        length = len(encryptor.header) + body_size(stat.st_size, encryptor.segment_size)
+        payload = {"object": info.id, "length": length}
+        session = self.api.json("POST", self.api.path("/uploads/"), payload)
+        if session.get("envelope_context") != context:
+            with contextlib.suppress(ClientError):
+                self.api.json("DELETE", self._upload_path(session["id"]))
+            raise ClientError(
+                "the server proposed an unexpected encryption context for the upload; "
+                "nothing was sent"
+            )
+        state.data = {}
+        state.save(
+            **identity,
+            upload=session["id"],
+            header=base64.b64encode(encryptor.header).decode("ascii"),
+        )
+        return session
+
+    def _abandon(self, state: UploadState) -> None:
+        upload = state.data.get("upload")
+        if upload:
+            with contextlib.suppress(ClientError):
+                self.api.json("DELETE", self._upload_path(str(upload)))
+        state.remove()
+
+    def _send_part(
+        self, upload: str, offset: int, chunks: Iterator[bytes], length: int
+    ) -> dict[str, Any]:
+        with self.api.request(
+            "PUT",
+            self._upload_path(upload, f"parts/{offset}/"),
+            body=chunks,
+            length=length,
+            headers={"Content-Type": CLIENT_CONTENT_TYPE},
+        ) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+    def _send_plain_parts(
+        self,
+        handle: BinaryIO,
+        session: dict[str, Any],
+        size: int,
+        part: int,
+        progress: Progress | None,
+    ) -> dict[str, Any]:
+        offset = int(session["offset"])
+        if progress is not None:
+            progress.update(offset)
+        while True:
+            length = min(part, size - offset)
+            answer = self._send_part(
+                session["id"], offset, range_chunks(handle, offset, length, progress), length
+            )
+            offset = int(answer["offset"])
+            if answer.get("complete"):
+                return dict(answer["version"])
+
+    def _send_envelope_parts(
+        self,
+        handle: BinaryIO,
+        state: UploadState,
+        info: ObjectInfo,
+        server_name: str,
+        session: dict[str, Any],
+        size: int,
+        part: int,
+        progress: Progress | None,
+    ) -> dict[str, Any]:
+        raw = base64.b64decode(state.data["header"])
+        header = parse_header(raw)
+        context = dict(session["envelope_context"])
+        if header.context != context:
+            raise _FileChanged  # the saved header was made for another version: start again
+        segment = header.segment_size
+        per_part = part // segment
+        offset = int(session["offset"])
+        index, rest = divmod(offset - len(raw), segment + TAG_SIZE) if offset else (0, 0)
+        if rest or index < 0:
+            raise _FileChanged  # not a part boundary of this envelope: start again
+        dek = self.keys.unwrap(header, {**context, NAME_BINDING_KEY: name_binding(server_name)})
+        encryptor = Encryptor.resume(header, dek, context, next_segment=index)
+        del dek
+        if progress is not None:
+            progress.update(min(index * segment, size))
+        while True:
+            start, end = index * segment, min((index + per_part) * segment, size)
+            digest = range_digest(handle, start, end - start)
+            inflight = state.data.get("inflight") or {}
+            if inflight.get("offset") == offset and inflight.get("sha256") != digest:
+                raise _FileChanged
+            state.save(inflight={"offset": offset, "sha256": digest})
+            final = end == size
+            count = -(-(end - start) // segment)
+            length = (end - start) + count * TAG_SIZE + (len(raw) if offset == 0 else 0)
+            handle.seek(start)
+            sealed = encryptor.iter_segments(
+                CountingReader(handle, progress), end - start, final=final
+            )
+            chunks = _prepend(raw, sealed) if offset == 0 else sealed
+            answer = self._send_part(session["id"], offset, chunks, length)
+            offset, index = int(answer["offset"]), index + count
+            if answer.get("complete"):
+                return dict(answer["version"])
 
     @staticmethod
     def _envelope_chunks(encryptor: Encryptor, plaintext: Iterator[bytes]) -> Iterator[bytes]:

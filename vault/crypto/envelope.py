@@ -135,6 +135,10 @@ class _Writable(Protocol):
     def write(self, data: Buffer, /) -> object: ...
 
 
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
 # --- key schedule -------------------------------------------------------------------------------
 
 
@@ -805,6 +809,47 @@ class Encryptor:
         self._index = 0
         self._finished = False
 
+    @classmethod
+    def resume(
+        cls,
+        header: EnvelopeHeader,
+        dek: bytes,
+        context: Mapping[str, str],
+        *,
+        next_segment: int,
+    ) -> Encryptor:
+        """An encryptor that continues an envelope at segment ``next_segment`` (a resumed upload).
+
+        Security: sealing a segment index twice under one header with different plaintext
+        reuses a GCM nonce, which reveals the XOR of the two plaintexts and lets a holder of
+        both ciphertexts forge segments. The caller must know that every segment it seals again
+        either never left the machine or has exactly the plaintext it had before (``cvault``
+        checks the file and a hash of the part it was sending).
+
+        Raises:
+            AuthenticationFailed: ``dek`` does not match the header's commitment.
+            InvalidEnvelopeParameters: the context differs from the header's, or a bad index.
+        """
+        header.verify_dek(dek)
+        try:
+            context_bytes = canonical_context(context)
+        except (KeyBackendError, ValueError) as exc:
+            raise InvalidEnvelopeParameters("the encryption context is not valid") from exc
+        if context_bytes != header.context_bytes:
+            raise InvalidEnvelopeParameters("the context differs from the header's")
+        if not 0 <= next_segment < MAX_SEGMENTS:
+            raise InvalidEnvelopeParameters("the segment index is out of range")
+        encryptor = cls.__new__(cls)
+        encryptor.segment_size = header.segment_size
+        encryptor.header_info = header
+        encryptor.header = header.to_bytes()
+        encryptor._aead = AESGCM(_hkdf(dek, header.salt, INFO_PAYLOAD_KEY, 32))
+        encryptor._prefix = _hkdf(dek, header.salt, INFO_NONCE_PREFIX, NONCE_PREFIX_SIZE)
+        encryptor._aad = header.fixed_hash
+        encryptor._index = next_segment
+        encryptor._finished = False
+        return encryptor
+
     @property
     def finished(self) -> bool:
         """Whether the final segment has been sealed."""
@@ -847,6 +892,30 @@ class Encryptor:
         out = bytearray(len(plaintext) + TAG_SIZE)
         self.seal_segment_into(plaintext, out, final=final)
         return bytes(out)
+
+    def iter_segments(self, source: _Readable, length: int, *, final: bool) -> Iterator[bytes]:
+        """Seal exactly ``length`` bytes read from ``source`` as the next segments.
+
+        For an envelope sent in parts: each part but the last seals whole segments
+        (``final=False``, ``length`` a multiple of ``segment_size``); the last part ends with
+        the final segment (``final=True``).
+
+        Raises:
+            InvalidEnvelopeParameters: a length that does not fit, or after the final segment.
+            ValueError: ``source`` ended before ``length`` bytes.
+        """
+        size = self.segment_size
+        if length < 0 or (not final and (length == 0 or length % size)):
+            raise InvalidEnvelopeParameters("a non-final run must be whole segments")
+        count = _segment_count(length, size) if final else length // size
+        out = bytearray(size + TAG_SIZE)
+        for index in range(count):
+            want = min(size, length - index * size)
+            chunk = source.read(want)
+            if len(chunk) != want:
+                raise ValueError("the source ended early")
+            last = final and index == count - 1
+            yield bytes(out[: self.seal_segment_into(chunk, out, final=last)])
 
     def _sealed(self, source: Source) -> Iterator[memoryview]:
         """Seal the whole plaintext of ``source``; yield views of a reused output buffer."""

@@ -3,11 +3,12 @@ in gateway mode; client-side objects arrive and leave as envelopes the vault can
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, BinaryIO, cast
@@ -18,11 +19,19 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from kms_plugins.types import WrappedKey
-from vault.crypto import envelope
+from vault.crypto import dedup, envelope
 from vault.crypto.errors import EnvelopeError
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
-from vault.objects.models import HeaderHistory, ObjectMode, ObjectVersion, StoredObject
+from vault.objects.models import (
+    Blob,
+    DedupKey,
+    HeaderHistory,
+    ObjectMode,
+    ObjectVersion,
+    StoredObject,
+    UploadPart,
+)
 from vault.tenants.models import Tenant
 from vault.tokens.models import ApiToken
 
@@ -128,16 +137,42 @@ def objects_purge_deleted(*, now: Any = None) -> int:
     storage = storages["default"]
     purged = 0
     for obj in StoredObject.objects.filter(deleted_at__lt=cutoff).iterator():
-        for name in obj.versions.values_list("storage_name", flat=True):
+        for session in obj.upload_sessions.all():
+            _discard_parts(session.parts.all())
+        for name in obj.versions.exclude(storage_name="").values_list("storage_name", flat=True):
             if storage.exists(name):
                 storage.delete(name)
+        blob_ids = set(obj.versions.filter(blob__isnull=False).values_list("blob_id", flat=True))
         with transaction.atomic():
+            obj.upload_sessions.all().delete()
             obj.versions.all().delete()
             obj.delete()
+        _purge_unused_blobs(blob_ids)
         purged += 1
     if purged:
         logger.info("purged %d deleted object(s)", purged)
     return purged
+
+
+def _purge_unused_blobs(blob_ids: set[int]) -> None:
+    """Remove the blobs among ``blob_ids`` that no version holds any more: row, then file."""
+    storage = storages["default"]
+    for blob_id in blob_ids:
+        with transaction.atomic():
+            blob = Blob.objects.select_for_update().filter(pk=blob_id).first()
+            if blob is None or blob.versions.exists():
+                continue
+            name = blob.storage_name
+            blob.delete()
+        if storage.exists(name):
+            storage.delete(name)
+
+
+def _discard_parts(parts: Iterable[UploadPart]) -> None:
+    storage = storages["default"]
+    for part in parts:
+        if storage.exists(part.storage_name):
+            storage.delete(part.storage_name)
 
 
 ORPHAN_MIN_AGE = timedelta(hours=24)
@@ -164,7 +199,11 @@ def storage_sweep_orphans(*, now: Any = None) -> int:
     cutoff = (now or timezone.now()) - ORPHAN_MIN_AGE
     removed = 0
     for name in _stored_files(storage):
-        if ObjectVersion.objects.filter(storage_name=name).exists():
+        if (
+            ObjectVersion.objects.filter(storage_name=name).exists()
+            or Blob.objects.filter(storage_name=name).exists()
+            or UploadPart.objects.filter(storage_name=name).exists()
+        ):
             continue
         if storage.get_modified_time(name) > cutoff:
             continue
@@ -183,9 +222,10 @@ def _next_number(obj: StoredObject) -> int:
 class _BoundedBody(io.RawIOBase):
     """The request body, read in chunks: refuses more than the limit, notices a short body."""
 
-    def __init__(self, stream: BinaryIO, length: int) -> None:
+    def __init__(self, stream: BinaryIO, length: int, digest: Any = None) -> None:
         self._stream = stream
         self._left = length
+        self._digest = digest  # a hashlib object fed with every byte read, if given
 
     def readable(self) -> bool:
         return True
@@ -199,6 +239,8 @@ class _BoundedBody(io.RawIOBase):
             raise UploadTruncated("the upload ended before its declared length")
         view[: len(data)] = data
         self._left -= len(data)
+        if self._digest is not None:
+            self._digest.update(data)
         return len(data)
 
 
@@ -260,8 +302,13 @@ def _save_version(
     size_of: Any,
     content_type: str,
     token: ApiToken | None,
+    on_saved: Callable[[ObjectVersion], None] | None = None,
 ) -> ObjectVersion:
-    """Write the body to storage, then record the version; nothing is visible until both hold."""
+    """Write the body to storage, then record the version; nothing is visible until both hold.
+
+    ``on_saved`` runs in the transaction that records the version (an upload session marks
+    itself complete there); if it raises, the version is not recorded.
+    """
     storage = storages["default"]
     name = f"{obj.tenant_id}/{obj.pk}/{number}-{uuid.uuid4().hex}"
     source = _IterFile(body)
@@ -274,7 +321,7 @@ def _save_version(
         raise
     try:
         with transaction.atomic():
-            return ObjectVersion.objects.create(
+            version = ObjectVersion.objects.create(
                 object=obj,
                 number=number,
                 size=size_of(source.written),
@@ -284,6 +331,9 @@ def _save_version(
                 content_type=content_type,
                 created_by=token,
             )
+            if on_saved is not None:
+                on_saved(version)
+            return version
     except IntegrityError:
         storage.delete(stored)
         raise VersionConflict("another upload created this version first; try again") from None
@@ -308,12 +358,43 @@ def version_store_gateway(
     if obj.mode != ObjectMode.GATEWAY:
         raise WrongMode("this object is client-side: upload an envelope")
     length = _check_length(length)
+    if not obj.tenant.deduplicate:
+        return gateway_store_plaintext(
+            obj=obj, source=_BoundedBody(stream, length), content_type=content_type, token=token
+        )
+    # Deduplication needs the content's hash before it can choose the key: first spool the
+    # body encrypted under a key of its own (hashing it on the way), then re-encrypt it.
+    tenant = obj.tenant
+    digest = hashlib.sha256()
+    context = {"tenant": tenant.slug, "spool": uuid.uuid4().hex}
+    spool_header, spool_name, _ = seal_spool(tenant, context, _BoundedBody(stream, length, digest))
+    try:
+        return store_deduplicated(
+            obj=obj,
+            plaintext=lambda: spooled_plaintext(tenant, spool_header, spool_name, context),
+            content_hash=digest.digest(),
+            content_type=content_type,
+            token=token,
+        )
+    finally:
+        storages["default"].delete(spool_name)
+
+
+def gateway_store_plaintext(
+    *,
+    obj: StoredObject,
+    source: envelope.Source,
+    content_type: str,
+    token: ApiToken | None,
+    on_saved: Callable[[ObjectVersion], None] | None = None,
+) -> ObjectVersion:
+    """Encrypt ``source`` under a fresh DEK as the object's next version (no deduplication)."""
     number = _next_number(obj)
     context = version_context(obj, number)
     dek = os.urandom(envelope.DEK_SIZE)
     encryptor = envelope.Encryptor(dek, context, _stanzas(obj.tenant, dek, context))
     del dek
-    body = encryptor.iter_body(_BoundedBody(stream, length))
+    body = encryptor.iter_body(source)
     segment = encryptor.segment_size
     return _save_version(
         obj=obj,
@@ -323,7 +404,133 @@ def version_store_gateway(
         size_of=lambda written: envelope.plaintext_size(written, segment),
         content_type=content_type,
         token=token,
+        on_saved=on_saved,
     )
+
+
+def _seal(
+    tenant: Tenant, dek: bytes, context: dict[str, str], source: envelope.Source, name: str
+) -> tuple[bytes, str, int]:
+    """Encrypt ``source`` under ``dek`` (wrapped by the tenant's keys) into storage as ``name``.
+
+    Returns:
+        The envelope header, the stored name and the body's size. A failure stores nothing.
+    """
+    storage = storages["default"]
+    encryptor = envelope.Encryptor(dek, context, _stanzas(tenant, dek, context))
+    source_file = _IterFile(encryptor.iter_body(source))
+    try:
+        stored = storage.save(name, source_file)  # type: ignore[arg-type]
+    except BaseException:
+        if storage.exists(name):
+            storage.delete(name)
+        raise
+    return encryptor.header, stored, source_file.written
+
+
+def seal_spool(
+    tenant: Tenant, context: dict[str, str], source: envelope.Source
+) -> tuple[bytes, str, int]:
+    """Encrypt plaintext that must wait (a part of an upload, content to deduplicate) under a
+    fresh DEK wrapped by the tenant's keys, into storage. Plaintext never touches disk.
+
+    Returns:
+        As ``_seal``.
+    """
+    name = f"{tenant.pk}/spool/{uuid.uuid4().hex}"
+    return _seal(tenant, os.urandom(envelope.DEK_SIZE), context, source, name)
+
+
+def spooled_plaintext(
+    tenant: Tenant, header: bytes, storage_name: str, context: dict[str, str]
+) -> Iterator[bytes]:
+    """The plaintext of something ``seal_spool`` stored, decrypted segment by segment."""
+    parsed = envelope.parse_header(header)
+    dek = _unwrap_with_tenant_keys(tenant, parsed, context)
+    decryptor = envelope.Decryptor(parsed, dek, context)
+    del dek
+    yield from decryptor.iter_body(_stream_file(storage_name))
+
+
+def _dedup_key(tenant: Tenant) -> bytes:
+    """The tenant's deduplication key, made (and wrapped by the tenant's keys) on first use."""
+    context = {"tenant": tenant.slug, "purpose": "dedup"}
+    record = DedupKey.objects.filter(tenant=tenant).first()
+    if record is None:
+        key = os.urandom(dedup.KEY_SIZE)
+        header = envelope.Encryptor(key, context, _stanzas(tenant, key, context)).header
+        try:
+            with transaction.atomic():
+                record = DedupKey.objects.create(tenant=tenant, header=header)
+        except IntegrityError:  # made meanwhile by another upload
+            record = DedupKey.objects.get(tenant=tenant)
+    parsed = envelope.parse_header(bytes(record.header))
+    return _unwrap_with_tenant_keys(tenant, parsed, context)
+
+
+def blob_context(blob_tenant: Tenant, digest: str) -> dict[str, str]:
+    """The encryption context of a deduplicated blob."""
+    return {"tenant": blob_tenant.slug, "blob": digest}
+
+
+def store_deduplicated(
+    *,
+    obj: StoredObject,
+    plaintext: Callable[[], Iterator[bytes]],
+    content_hash: bytes,
+    content_type: str,
+    token: ApiToken | None,
+    on_saved: Callable[[ObjectVersion], None] | None = None,
+) -> ObjectVersion:
+    """Record a version whose content is stored once per tenant, as a blob.
+
+    ``plaintext`` gives the content again (it is read only when the blob is new). The blob's
+    key and id derive from the tenant's deduplication key and ``content_hash``.
+    """
+    tenant = obj.tenant
+    key = _dedup_key(tenant)
+    digest = dedup.content_id(key, content_hash)
+    blob = Blob.objects.filter(tenant=tenant, digest=digest).first()
+    if blob is None:
+        blob_dek = dedup.content_key(key, content_hash)
+        del key
+        context = blob_context(tenant, digest)
+        name = f"{tenant.pk}/blobs/{digest[:16]}-{uuid.uuid4().hex}"
+        header, stored, written = _seal(tenant, blob_dek, context, plaintext(), name)
+        del blob_dek
+        segment = envelope.parse_header(header).segment_size
+        try:
+            with transaction.atomic():
+                blob = Blob.objects.create(
+                    tenant=tenant,
+                    digest=digest,
+                    size=envelope.plaintext_size(written, segment),
+                    body_size=written,
+                    header=header,
+                    storage_name=stored,
+                )
+        except IntegrityError:  # the same content arrived meanwhile: keep that copy
+            storages["default"].delete(stored)
+            blob = Blob.objects.get(tenant=tenant, digest=digest)
+    number = _next_number(obj)
+    try:
+        with transaction.atomic():
+            version = ObjectVersion.objects.create(
+                object=obj,
+                number=number,
+                size=blob.size,
+                body_size=blob.body_size,
+                header=b"",
+                storage_name="",
+                blob=blob,
+                content_type=content_type,
+                created_by=token,
+            )
+            if on_saved is not None:
+                on_saved(version)
+            return version
+    except IntegrityError:
+        raise VersionConflict("another upload created this version first; try again") from None
 
 
 def version_store_client(
@@ -333,6 +540,7 @@ def version_store_client(
     length: int | None,
     content_type: str,
     token: ApiToken | None,
+    on_saved: Callable[[ObjectVersion], None] | None = None,
 ) -> ObjectVersion:
     """Store an envelope made by the client, after checking its header and its context.
 
@@ -375,6 +583,7 @@ def version_store_client(
         size_of=size_of,
         content_type=content_type,
         token=token,
+        on_saved=on_saved,
     )
 
 
@@ -443,23 +652,46 @@ class Download:
     start: int | None = None  # set for a partial answer (206)
 
 
-def _body_file(version: ObjectVersion) -> BinaryIO:
-    return cast(BinaryIO, storages["default"].open(version.storage_name, "rb"))
-
-
-def _stream_body(version: ObjectVersion, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-    handle = _body_file(version)
+def _stream_file(name: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """Bytes ``start`` to ``end`` (default: the end) of a stored file, in chunks."""
+    handle = cast(BinaryIO, storages["default"].open(name, "rb"))
     try:
         handle.seek(start)
-        left = (end if end is not None else version.body_size) - start
-        while left > 0:
-            chunk = handle.read(min(READ_CHUNK, left))
+        left = None if end is None else end - start
+        while left is None or left > 0:
+            chunk = handle.read(READ_CHUNK if left is None else min(READ_CHUNK, left))
             if not chunk:
-                raise OSError("stored body shorter than recorded")
-            left -= len(chunk)
+                if left is not None:
+                    raise OSError("stored body shorter than recorded")
+                return
+            if left is not None:
+                left -= len(chunk)
             yield chunk
     finally:
         handle.close()
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """Where a version's bytes are: its own header and file, or its blob's."""
+
+    header: bytes
+    name: str
+    body_size: int
+    context: dict[str, str]
+
+
+def _stored(version: ObjectVersion) -> _Stored:
+    blob = version.blob
+    if blob is not None:
+        context = blob_context(version.object.tenant, blob.digest)
+        return _Stored(bytes(blob.header), blob.storage_name, blob.body_size, context)
+    context = version_context(version.object, version.number)
+    return _Stored(bytes(version.header), version.storage_name, version.body_size, context)
+
+
+def _stream_body(stored: _Stored, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    return _stream_file(stored.name, start, stored.body_size if end is None else end)
 
 
 def version_read(*, version: ObjectVersion, byte_range: ByteRange | None = None) -> Download:
@@ -474,26 +706,26 @@ def version_read(*, version: ObjectVersion, byte_range: ByteRange | None = None)
         kms_plugins.errors.KeyBackendError: the backend could not unwrap (transient or not).
     """
     obj = version.object
+    stored = _stored(version)
     if obj.mode == ObjectMode.CLIENT:
-        raw = bytes(version.header)
-        total = len(raw) + version.body_size
+        raw = stored.header
+        total = len(raw) + stored.body_size
         start, end = _resolve_range(byte_range, total)
-        chunks = _envelope_slice(version, raw, start, end)
+        chunks = _envelope_slice(stored, start, end)
         return Download(chunks, end - start, total, start if byte_range else None)
-    header = envelope.parse_header(bytes(version.header))
-    context = version_context(obj, version.number)
-    dek = _unwrap_with_tenant_keys(obj.tenant, header, context)
-    decryptor = envelope.Decryptor(header, dek, context)
+    header = envelope.parse_header(stored.header)
+    dek = _unwrap_with_tenant_keys(obj.tenant, header, stored.context)
+    decryptor = envelope.Decryptor(header, dek, stored.context)
     del dek
     start, end = _resolve_range(byte_range, version.size)
     if byte_range is None:
-        chunks = decryptor.iter_body(_stream_body(version))
+        chunks = decryptor.iter_body(_stream_body(stored))
         return Download(chunks, version.size, version.size)
     plan = envelope.plan_range(
         segment_size=header.segment_size, plaintext_size=version.size, start=start, end=end
     )
     chunks = decryptor.decrypt_range(
-        plan, _stream_body(version, plan.ciphertext_start, plan.ciphertext_end)
+        plan, _stream_body(stored, plan.ciphertext_start, plan.ciphertext_end)
     )
     return Download(chunks, end - start, version.size, start)
 
@@ -533,8 +765,9 @@ def _resolve_range(byte_range: ByteRange | None, total: int) -> tuple[int, int]:
     return byte_range.first, end
 
 
-def _envelope_slice(version: ObjectVersion, header: bytes, start: int, end: int) -> Iterator[bytes]:
+def _envelope_slice(stored: _Stored, start: int, end: int) -> Iterator[bytes]:
+    header = stored.header
     if start < len(header):
         yield header[start : min(end, len(header))]
     if end > len(header):
-        yield from _stream_body(version, max(start - len(header), 0), end - len(header))
+        yield from _stream_body(stored, max(start - len(header), 0), end - len(header))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from vault.objects.services import objects_purge_deleted, storage_sweep_orphans
+from vault.objects.uploads import uploads_purge_expired
 
 
 @shared_task(name="vault.objects.purge_deleted")
@@ -17,3 +18,9 @@ def purge_deleted() -> int:
 def sweep_orphans() -> int:
     """Remove stored bodies that no version names, left by a crash mid-upload (idempotent)."""
     return storage_sweep_orphans()
+
+
+@shared_task(name="vault.objects.purge_expired_uploads")
+def purge_expired_uploads() -> int:
+    """Remove upload sessions past their expiry, with their parts (idempotent)."""
+    return uploads_purge_expired()

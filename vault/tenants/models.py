@@ -43,6 +43,9 @@ class Tenant(models.Model):
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Store identical gateway content once (docs/objects.md, "Deduplication"): off by default,
+    # because it tells members of the tenant whether content they hold is already stored.
+    deduplicate = models.BooleanField(default=False)
 
     class Meta:
         ordering = ("slug",)

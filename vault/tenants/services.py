@@ -36,6 +36,14 @@ def tenant_create(*, slug: str, name: str = "") -> Tenant:
     return tenant
 
 
+def tenant_update(*, tenant: Tenant, deduplicate: bool) -> Tenant:
+    """Change a tenant's settings. Deduplication applies to versions stored from now on;
+    content already stored keeps its own keys."""
+    Tenant.objects.filter(pk=tenant.pk).update(deduplicate=deduplicate)
+    tenant.deduplicate = deduplicate
+    return tenant
+
+
 def user_get_or_create(*, email: str) -> tuple[User, bool]:
     """Find a user by e-mail, or create one with no usable password yet."""
     user_model = get_user_model()

@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from vault.objects.models import ObjectMode, ObjectVersion, StoredObject
+from vault.objects.models import ObjectMode, ObjectVersion, StoredObject, UploadSession
 
 
 class ObjectVersionSerializer(serializers.ModelSerializer[ObjectVersion]):
@@ -54,3 +54,49 @@ class StoredObjectCreateSerializer(serializers.Serializer[StoredObject]):
     name = serializers.CharField(max_length=1024)
     mode = serializers.ChoiceField(choices=ObjectMode.choices, default=ObjectMode.GATEWAY)
     content_type = serializers.CharField(max_length=255, default="application/octet-stream")
+
+
+class UploadSessionSerializer(serializers.ModelSerializer[UploadSession]):
+    object = serializers.IntegerField(source="object_id", read_only=True)
+    offset = serializers.IntegerField(
+        source="received", read_only=True, help_text="Where the next part starts."
+    )
+    complete = serializers.SerializerMethodField()
+    envelope_context = serializers.SerializerMethodField(
+        help_text="Client-side uploads: the encryption context the envelope must carry."
+    )
+    version = ObjectVersionSerializer(read_only=True, allow_null=True)
+
+    class Meta:
+        model = UploadSession
+        fields = (
+            "id",
+            "object",
+            "length",
+            "offset",
+            "complete",
+            "envelope_context",
+            "content_type",
+            "created_at",
+            "expires_at",
+            "version",
+        )
+        read_only_fields = fields
+
+    def get_complete(self, session: UploadSession) -> bool:
+        return session.version_id is not None
+
+    def get_envelope_context(self, session: UploadSession) -> dict[str, str] | None:
+        from vault.objects.services import version_context
+
+        if session.number is None:
+            return None
+        return version_context(session.object, session.number)
+
+
+class UploadSessionCreateSerializer(serializers.Serializer[UploadSession]):
+    object = serializers.IntegerField(min_value=1)
+    length = serializers.IntegerField(
+        min_value=1, help_text="Total bytes: the plaintext (gateway) or the envelope (client)."
+    )
+    content_type = serializers.CharField(max_length=255, required=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import re
 from typing import Any, BinaryIO, cast
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.db.models.functions import Substr
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -21,13 +21,15 @@ from vault.api.serializers import ErrorSerializer
 from vault.api.views import TenantScopedViewSet
 from vault.crypto import envelope
 from vault.crypto.errors import EnvelopeError
-from vault.objects import services
+from vault.objects import services, uploads
 from vault.objects.api.serializers import (
     ObjectVersionSerializer,
     StoredObjectCreateSerializer,
     StoredObjectSerializer,
+    UploadSessionCreateSerializer,
+    UploadSessionSerializer,
 )
-from vault.objects.models import ObjectVersion, StoredObject
+from vault.objects.models import ObjectVersion, StoredObject, UploadSession
 from vault.tenants.models import Role
 
 READERS = frozenset({Role.OWNER, Role.MEMBER, Role.AUDITOR})
@@ -94,6 +96,13 @@ def _parse_range(header: str | None) -> services.ByteRange | None:
     if last and int(last) < int(first):
         return None
     return services.ByteRange(first=int(first), last=int(last) if last else None)
+
+
+def _media_type(raw: str) -> str:
+    content_type = raw.split(";")[0].strip()
+    if not _MEDIA_TYPE.match(content_type):
+        raise _api_error(services.BadContentType("Content-Type must be a plain media type"))
+    return content_type
 
 
 def _content_length(request: Request) -> int | None:
@@ -265,9 +274,7 @@ class ObjectViewSet(
 
     def _upload(self, request: Request, obj: StoredObject) -> Response:
         length = _content_length(request)
-        content_type = (request.content_type or obj.content_type).split(";")[0].strip()
-        if not _MEDIA_TYPE.match(content_type):
-            raise _api_error(services.BadContentType("Content-Type must be a plain media type"))
+        content_type = _media_type(request.content_type or obj.content_type)
         store = (
             services.version_store_client
             if obj.mode == "client"
@@ -307,3 +314,116 @@ class ObjectViewSet(
             last = download.start + download.length - 1
             response["Content-Range"] = f"bytes {download.start}-{last}/{download.total}"
         return response
+
+
+class UploadViewSet(
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    TenantScopedViewSet[UploadSession],
+):
+    """Resumable uploads (``docs/objects.md``): open a session for a length, send the parts in
+    order with ``PUT /uploads/{id}/parts/{offset}/``, ask where to continue with ``GET``. A
+    session is visible to the person (or integration token) that opened it only."""
+
+    serializer_class = UploadSessionSerializer
+    tenant_field = "object__tenant"
+    lookup_value_converter = "uuid"
+    allowed_roles = {
+        "create": WRITERS,
+        "retrieve": WRITERS,
+        "destroy": WRITERS,
+        "part": WRITERS,
+    }
+
+    def base_queryset(self) -> QuerySet[UploadSession]:
+        principal = self.principal
+        if principal.user is not None:
+            mine = Q(created_by__user=principal.user)
+        else:
+            mine = Q(created_by=principal.token) | Q(created_by__parent=principal.token)
+        return (
+            UploadSession.objects.filter(mine, object__deleted_at__isnull=True)
+            .select_related("object__tenant", "version", "created_by")
+            .order_by("created_at", "pk")
+        )
+
+    @extend_schema(
+        request=UploadSessionCreateSerializer,
+        responses={
+            201: UploadSessionSerializer,
+            400: ErrorSerializer,
+            404: ErrorSerializer,
+            413: ErrorSerializer,
+        },
+    )
+    def create(self, request: Request) -> Response:
+        incoming = UploadSessionCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        obj = (
+            StoredObject.objects.filter(
+                tenant=self.tenant, pk=data["object"], deleted_at__isnull=True
+            )
+            .select_related("tenant")
+            .first()
+        )
+        if obj is None:
+            error = ObjectApiError("No such object.", code="not_found")
+            error.status_code = 404
+            raise error
+        content_type = _media_type(data.get("content_type") or obj.content_type)
+        if obj.mode == "client":
+            content_type = "application/octet-stream"
+        try:
+            session = uploads.upload_create(
+                obj=obj,
+                length=data["length"],
+                content_type=content_type,
+                token=self.principal.token,
+            )
+        except services.ObjectError as exc:
+            raise _api_error(exc) from exc
+        return Response(UploadSessionSerializer(session).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: Any) -> None:
+        uploads.upload_abort(session=instance)
+
+    @extend_schema(
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={
+            200: UploadSessionSerializer,
+            400: ErrorSerializer,
+            409: ErrorSerializer,
+            410: ErrorSerializer,
+            411: ErrorSerializer,
+            503: ErrorSerializer,
+        },
+        description=(
+            "Send the part that starts at `offset` (which must be the session's `offset`). A "
+            "part cut short stores nothing: send it again. The part that brings the session "
+            "to its length makes the version (`complete`, `version`); if that fails for a "
+            "passing reason, an empty part at the session's length tries again."
+        ),
+    )
+    @action(
+        detail=True,
+        methods=["put"],
+        url_path="parts/<int:offset>",
+        parser_classes=[RawBodyParser],
+    )
+    def part(self, request: Request, pk: str | None = None, offset: int = 0) -> Response:
+        session = self.get_object()
+        try:
+            session = uploads.upload_part(
+                session=session,
+                offset=offset,
+                stream=cast(BinaryIO, request._request),
+                length=_content_length(request),
+            )
+        except services.ObjectError as exc:
+            raise _api_error(exc) from exc
+        except KeyBackendError as exc:
+            raise _backend_error(exc) from exc
+        except EnvelopeError as exc:
+            raise _api_error(services.MalformedEnvelope(type(exc).__name__)) from exc
+        return Response(UploadSessionSerializer(session).data)

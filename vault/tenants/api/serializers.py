@@ -8,8 +8,14 @@ from vault.tenants.models import Membership, Role, Tenant
 class TenantSerializer(serializers.ModelSerializer[Tenant]):
     class Meta:
         model = Tenant
-        fields = ("slug", "name", "is_active", "created_at")
+        fields = ("slug", "name", "is_active", "created_at", "deduplicate")
         read_only_fields = fields
+
+
+class TenantUpdateSerializer(serializers.Serializer[Tenant]):
+    deduplicate = serializers.BooleanField(
+        help_text="Store identical gateway content once (see docs/objects.md for what it leaks)."
+    )
 
 
 class MembershipSerializer(serializers.ModelSerializer[Membership]):

@@ -19,6 +19,7 @@ from vault.tenants.api.serializers import (
     MembershipSerializer,
     MembershipUpdateSerializer,
     TenantSerializer,
+    TenantUpdateSerializer,
 )
 from vault.tenants.models import Membership, Role
 
@@ -33,11 +34,19 @@ CONFLICT = OpenApiResponse(
 class TenantView(TenantScopedMixin, GenericAPIView[Any]):
     """The caller's tenant."""
 
-    allowed_roles = {"get": ALL_ROLES}
+    allowed_roles = {"get": ALL_ROLES, "patch": OWNERS}
     serializer_class = TenantSerializer
 
     def get(self, request: Request) -> Response:
         return Response(TenantSerializer(self.tenant).data)
+
+    @extend_schema(request=TenantUpdateSerializer, responses={200: TenantSerializer})
+    def patch(self, request: Request) -> Response:
+        """Change the tenant's settings (owners)."""
+        incoming = TenantUpdateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        tenant = services.tenant_update(tenant=self.tenant, **incoming.validated_data)
+        return Response(TenantSerializer(tenant).data)
 
 
 class MembershipViewSet(
