@@ -27,9 +27,20 @@ pytestmark = pytest.mark.slow
 class Server:
     """The serve command in a subprocess, with its output collected as it arrives."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        env.update({"VAULT_DATA_DIR": str(data_dir), "PORT": str(port), "PYTHONUNBUFFERED": "1"})
+    def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
+        """Args:
+        data_dir: the instance's VAULT_DATA_DIR (SQLite, storage, keystore).
+        port: where it listens.
+        env: further environment (DATABASE_URL and REDIS_URL are dropped unless given here).
+        """
+        environment = {
+            k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")
+        }
+        environment.update(
+            {"VAULT_DATA_DIR": str(data_dir), "PORT": str(port), "PYTHONUNBUFFERED": "1"}
+        )
+        environment.update(env or {})
+        env = environment
         self.port = port
         self.lines: list[str] = []
         self.process = subprocess.Popen(
