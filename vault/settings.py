@@ -8,6 +8,7 @@ on. The configuration reference is in README.md; keep the two in step.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import sys
@@ -35,6 +36,7 @@ try:
     DEBUG = env_bool("VAULT_DEBUG", False)
     _secret_key = env_secret("VAULT_SECRET_KEY")
     _token_hmac_key = env_secret("VAULT_TOKEN_HMAC_KEY")
+    _audit_hmac_key = env_secret("VAULT_AUDIT_HMAC_KEY")
     ALLOWED_HOSTS = env_list(
         "VAULT_ALLOWED_HOSTS",
         [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"],
@@ -63,6 +65,9 @@ try:
     VAULT_AUTH_FAILURE_WINDOW = env_int("VAULT_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1)
     VAULT_KEY_BACKENDS = env_json("VAULT_KEY_BACKENDS", None)
     VAULT_SIGNING_BACKEND = env_str("VAULT_SIGNING_BACKEND", "")
+    VAULT_AUDIT_ORIGIN = env_str("VAULT_AUDIT_ORIGIN", "ciphervault.local")
+    # PCI-DSS 10.5.1: at least 12 months of audit history.
+    VAULT_AUDIT_RETENTION_DAYS = env_int("VAULT_AUDIT_RETENTION_DAYS", 400, minimum=365)
     LOG_LEVEL = env_str("VAULT_LOG_LEVEL", "INFO").upper()
 except EnvError as exc:
     raise _fail(str(exc)) from None
@@ -110,9 +115,15 @@ if VAULT_KEY_BACKENDS is None:
                 "KEY_FILE": str(DATA_DIR / "keystore" / "master.key"),
             },
         }
+        # The platform log's checkpoints (and tenants whose backend cannot sign) sign here.
+        VAULT_SIGNING_BACKEND = VAULT_SIGNING_BACKEND or "local"
 
 # API tokens are stored as HMAC-SHA256 under this key; by default it derives from SECRET_KEY.
 VAULT_TOKEN_HMAC_KEY = _token_hmac_key or SECRET_KEY
+# Sensitive values in audit events are stored as HMACs under keys derived from this one.
+VAULT_AUDIT_HMAC_KEY = hashlib.sha256(
+    b"ciphervault/v1/audit-hmac-key/" + (_audit_hmac_key or SECRET_KEY).encode("utf-8")
+).digest()
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -133,6 +144,7 @@ INSTALLED_APPS = [
     "vault.tokens",
     "vault.keys",
     "vault.objects",
+    "vault.audit",
     "vault.api",
     "vault.console",
     "compliance",
@@ -148,6 +160,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    "vault.audit.context.AuditContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -323,6 +336,10 @@ else:
     CELERY_TASK_ALWAYS_EAGER = True
     CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
+    "vault.audit.integrate": {
+        "task": "vault.audit.integrate",
+        "schedule": timedelta(minutes=1),
+    },
     "vault.objects.sweep_orphans": {
         "task": "vault.objects.sweep_orphans",
         "schedule": timedelta(hours=24),

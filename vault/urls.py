@@ -34,6 +34,7 @@ api_v1 = [
     path("", include("vault.tenants.api.urls")),
     path("", include("vault.tokens.api.urls")),
     path("", include("vault.objects.api.urls")),
+    path("", include("vault.audit.api.urls")),
 ]
 
 urlpatterns = [

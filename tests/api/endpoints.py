@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import Any
 
@@ -168,6 +169,81 @@ def _tenant_unchanged_elsewhere(response: Any, world: World) -> None:
     _tenant_is_mine(response, world)
     world.other.tenant.refresh_from_db()
     assert not world.other.tenant.deduplicate
+
+
+def _integrate(world: World) -> bool:
+    from vault.audit.services import audit_integrate, log_of
+
+    for side in (world.mine, world.other):
+        audit_integrate(log_of(side.tenant))
+    return True
+
+
+def _new_event(world: World, side: Side, role: str) -> int:
+    from vault.audit.services import audit_integrate, audit_record, log_of
+
+    event = audit_record("tenant.update", tenant=side.tenant, details={"test": True})
+    audit_integrate(log_of(side.tenant))
+    return event.pk
+
+
+def _event_unchanged(pk: int) -> bool:
+    from vault.audit.models import AuditEvent
+
+    return AuditEvent.objects.filter(pk=pk).exists()
+
+
+def _my_origin(world: World) -> str:
+    from vault.audit.services import log_of, origin_of_log
+
+    return origin_of_log(log_of(world.mine.tenant), world.mine.tenant)
+
+
+def _events_are_mine(response: Any, world: World) -> None:
+    from vault.audit.models import AuditEvent
+
+    ids = {row["id"] for row in response.json()["results"]}
+    assert ids, "the list must hold the caller's events"
+    mine = {
+        str(u)
+        for u in AuditEvent.objects.filter(tenant=world.mine.tenant).values_list("uuid", flat=True)
+    }
+    assert ids <= mine
+
+
+def _checkpoint_is_mine(response: Any, world: World) -> None:
+    assert response.json()["origin"] == _my_origin(world)
+    assert response.json()["note"].startswith(_my_origin(world) + "\n")
+
+
+def _keys_are_mine(response: Any, world: World) -> None:
+    assert response.json()["origin"] == _my_origin(world)
+    assert response.json()["keys"]
+
+
+def _proof_is_mine(response: Any, world: World) -> None:
+    from vault.audit.services import latest_checkpoint, log_of, log_tree
+    from vault.crypto.merkle import verify_consistency
+
+    log = log_of(world.mine.tenant)
+    body = response.json()
+    tree = log_tree(log)
+    proof = [base64.b64decode(h) for h in body["proof"]]
+    latest = latest_checkpoint(log)
+    assert latest is not None
+    verify_consistency(
+        old_size=body["from"],
+        new_size=body["to"],
+        old_root=tree.root(body["from"]),
+        new_root=bytes(latest.root),
+        proof=proof,
+    )
+
+
+def _export_is_mine(response: Any, world: World) -> None:
+    import json
+
+    assert json.loads(response.content)["origin"] == _my_origin(world)
 
 
 def _mine_with_an_object(response: Any, world: World) -> None:
@@ -343,6 +419,56 @@ ENDPOINTS = [
         payload=lambda w, s, r: b"first ten.",
         still_there=_upload_unchanged,
         url_kwargs={"offset": 0},
+    ),
+    Endpoint(
+        "v1:audit-event-list",
+        "GET",
+        READERS,
+        200,
+        check_scope=_events_are_mine,
+        prepare=_integrate,
+    ),
+    Endpoint(
+        "v1:audit-event-detail",
+        "GET",
+        READERS,
+        200,
+        make_object=_new_event,
+        still_there=_event_unchanged,
+    ),
+    Endpoint(
+        "v1:audit-event-proof",
+        "GET",
+        READERS,
+        200,
+        make_object=_new_event,
+        still_there=_event_unchanged,
+    ),
+    Endpoint(
+        "v1:audit-checkpoint",
+        "GET",
+        READERS,
+        200,
+        check_scope=_checkpoint_is_mine,
+        prepare=_integrate,
+    ),
+    Endpoint("v1:audit-keys", "GET", READERS, 200, check_scope=_keys_are_mine),
+    Endpoint(
+        "v1:audit-consistency-proof",
+        "GET",
+        READERS,
+        200,
+        payload=lambda w, s, r: {"from": 1},
+        check_scope=_proof_is_mine,
+        prepare=_integrate,
+    ),
+    Endpoint(
+        "v1:audit-export",
+        "GET",
+        READERS,
+        200,
+        check_scope=_export_is_mine,
+        prepare=_integrate,
     ),
     Endpoint(
         "v1:token-detail",

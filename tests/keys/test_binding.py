@@ -134,6 +134,7 @@ def test_misconfiguration_is_caught_at_start_up(settings, tmp_path) -> None:
 def test_an_unreadable_pin_file_or_a_missing_module_is_caught_at_start_up(
     settings, tmp_path
 ) -> None:
+    settings.VAULT_SIGNING_BACKEND = ""  # the platform signs with "local" by default
     pin_file = tmp_path / "pin"
     options = {
         "MODULE": "/usr/lib/softhsm/libsofthsm2.so",
@@ -189,6 +190,7 @@ class WrapOnly(LocalKeyBackend):
 
 
 def test_a_tenant_whose_backend_cannot_sign_signs_with_the_platform_key(settings, tmp_path) -> None:
+    settings.VAULT_SIGNING_BACKEND = ""
     settings.VAULT_KEY_BACKENDS = {
         **settings.VAULT_KEY_BACKENDS,
         "wraponly": {

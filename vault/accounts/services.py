@@ -14,6 +14,7 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from vault.accounts.models import User
+from vault.audit.services import audit_record
 
 
 def login_failure_record(*, user: User) -> bool:
@@ -28,6 +29,12 @@ def login_failure_record(*, user: User) -> bool:
         user.locked_until = timezone.now() + timedelta(minutes=settings.VAULT_LOCKOUT_MINUTES)
         user.failed_login_count = 0
         user.save(update_fields=["locked_until", "failed_login_count"])
+        audit_record(
+            "user.lock",
+            resource_type="user",
+            resource_id=user.email,
+            details={"minutes": settings.VAULT_LOCKOUT_MINUTES},
+        )
         return True
     return False
 
@@ -40,6 +47,7 @@ def login_success_record(*, user: User) -> None:
 def user_unlock(*, user: User) -> None:
     """An operator lifts a lockout after confirming the person's identity (PCI-DSS 8.3.4)."""
     User.objects.filter(pk=user.pk).update(failed_login_count=0, locked_until=None)
+    audit_record("user.unlock", resource_type="user", resource_id=user.email)
 
 
 def password_setup_url(request: HttpRequest | None, user: User, *, base_url: str = "") -> str:

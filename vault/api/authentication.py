@@ -11,6 +11,9 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from vault.api.principal import Principal
+from vault.audit.context import Actor
+from vault.audit.models import Outcome
+from vault.audit.services import audit_record
 from vault.tokens.services import TokenRejected, token_authenticate
 
 logger = logging.getLogger(__name__)
@@ -80,6 +83,15 @@ class BearerTokenAuthentication(BaseAuthentication):
         except TokenRejected as exc:
             _record_failure(ip)
             logger.info("API authentication failed from %s: %s", ip, exc.reason)
+            # The presented token goes in only as an HMAC: it may be a real one, mistyped.
+            audit_record(
+                "auth.token.failure",
+                outcome=Outcome.FAILURE,
+                actor=Actor("anonymous", "", "token"),
+                request=request._request,
+                details={"reason": exc.reason},
+                sensitive={"token": clear},
+            )
             raise InvalidToken() from None
         principal = Principal(token=token, tenant=token.tenant, role=token.role, user=token.user)
         return principal, token

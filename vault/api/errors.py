@@ -61,10 +61,15 @@ def _code_of(exc: exceptions.APIException) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler producing the one error shape."""
+    from vault.audit.services import AuditUnavailable
+
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, AuditUnavailable):
+        unavailable = ServiceUnavailable(str(exc), code=AuditUnavailable.code)
+        exc = unavailable
     if not isinstance(exc, exceptions.APIException):
         return None  # unexpected: Django's handler500 answers in the same shape
     headers: dict[str, str] = {}

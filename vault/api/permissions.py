@@ -9,6 +9,8 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from vault.api.principal import Principal
+from vault.audit.models import Outcome
+from vault.audit.services import audit_record
 from vault.tenants.models import Role
 
 ALL_ROLES = frozenset(Role.values)
@@ -41,4 +43,16 @@ class HasTenantRole(BasePermission):
         if request.method == "OPTIONS":
             return True  # describes the endpoint to any member of the tenant; changes nothing
         allowed: Mapping[str, frozenset[str] | set[str]] = getattr(view, "allowed_roles", {})
-        return principal.role in allowed.get(action_name(request, view), frozenset())
+        action = action_name(request, view)
+        if principal.role in allowed.get(action, frozenset()):
+            return True
+        audit_record(
+            "access.denied",
+            tenant=principal.tenant,
+            outcome=Outcome.FAILURE,
+            request=request._request,
+            resource_type="api",
+            resource_id=request.path,
+            details={"action": action, "role": principal.role},
+        )
+        return False

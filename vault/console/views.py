@@ -33,6 +33,9 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from vault.accounts.models import User
 from vault.accounts.services import login_failure_record, login_success_record
+from vault.audit.context import Actor
+from vault.audit.models import Outcome
+from vault.audit.services import audit_record
 from vault.console.decorators import (
     SIGN_IN_FAILED,
     console_login_required,
@@ -64,16 +67,41 @@ def _password_check(request: HttpRequest, *, email: str, password: str) -> User 
     a locked account is refused even with the right password (PCI-DSS 8.3.4).
     """
     user = User.objects.filter(email__iexact=email).first()
+    anonymous = Actor("anonymous", "", "password")
     if user is None:
         User().set_password(password)  # the hash an existing account would have cost
         user_login_failed.send(sender=__name__, credentials={"email": email}, request=request)
+        # An address without an account may be a typo of a password: kept only as an HMAC.
+        audit_record(
+            "auth.signin.failure",
+            outcome=Outcome.FAILURE,
+            actor=anonymous,
+            details={"reason": "unknown_account"},
+            sensitive={"email": email.lower()},
+        )
         return None
     password_ok = user.check_password(password)
     if password_ok and user.is_active and not user.is_locked():
+        audit_record(
+            "auth.signin.success",
+            actor=Actor("user", user.email, "password"),
+            resource_type="user",
+            resource_id=user.email,
+            details={"step": "password"},
+        )
         return user
     if not password_ok and not user.is_locked():
         login_failure_record(user=user)
     user_login_failed.send(sender=__name__, credentials={"email": email}, request=request)
+    reason = "locked" if user.is_locked() else "inactive" if password_ok else "wrong_password"
+    audit_record(
+        "auth.signin.failure",
+        outcome=Outcome.FAILURE,
+        actor=anonymous,
+        resource_type="user",
+        resource_id=user.email,
+        details={"reason": reason},
+    )
     return None
 
 
@@ -83,6 +111,24 @@ def _sign_in_complete(request: HttpRequest, user: User, device: Device) -> None:
     # The session just gained privilege: give it a new key, as django.contrib.auth.login does.
     request.session.cycle_key()
     login_success_record(user=user)
+    audit_record(
+        "auth.mfa.success",
+        actor=Actor("user", user.email, "password+totp"),
+        resource_type="user",
+        resource_id=user.email,
+        details={"device": "recovery_code" if isinstance(device, StaticDevice) else "totp"},
+    )
+
+
+def _second_factor_failed(user: User, reason: str) -> None:
+    audit_record(
+        "auth.mfa.failure",
+        outcome=Outcome.FAILURE,
+        actor=Actor("user", user.email, "password"),
+        resource_type="user",
+        resource_id=user.email,
+        details={"reason": reason},
+    )
 
 
 def _code_device(user: User, code: str) -> tuple[Device | None, bool]:
@@ -181,6 +227,7 @@ def verify(request: HttpRequest) -> HttpResponse:
                 )
             return HttpResponseRedirect(next_url or resolve_url("console:home"))
         # Even a code that throttling kept from being checked is a failed attempt.
+        _second_factor_failed(user, "throttled" if throttled else "wrong_code")
         if login_failure_record(user=user):
             return sign_out_locked(request)
         form.add_error("code", TOO_FAST if throttled else WRONG_CODE)
@@ -214,6 +261,7 @@ def enrol(request: HttpRequest) -> HttpResponse:
                 codes = _recovery_codes_replace(user)
             _sign_in_complete(request, user, device)
             return _recovery_codes_page(request, codes, next_url or resolve_url("console:home"))
+        _second_factor_failed(user, "wrong_enrolment_code")
         if login_failure_record(user=user):
             return sign_out_locked(request)
         form.add_error("code", WRONG_CODE)
@@ -233,6 +281,8 @@ def enrol(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def logout_view(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        audit_record("auth.signout", resource_type="user", resource_id=request.user.email)
     logout(request)
     messages.info(request, "You have signed out.")
     return redirect("console:login")
@@ -266,7 +316,10 @@ class PasswordChange(PasswordChangeView):
     success_url = reverse_lazy("console:home")
 
     def form_valid(self, form: PasswordChangeForm) -> HttpResponse:
-        response = super().form_valid(form)
+        with transaction.atomic():
+            response = super().form_valid(form)
+            user = cast(User, self.request.user)
+            audit_record("user.password.change", resource_type="user", resource_id=user.email)
         messages.success(self.request, "Your password has been changed.")
         return response
 
@@ -286,6 +339,14 @@ class PasswordSetup(PasswordResetConfirmView):
     success_url = reverse_lazy("console:login")
 
     def form_valid(self, form: SetPasswordForm[Any]) -> HttpResponse:
-        response = super().form_valid(form)
+        with transaction.atomic():
+            response = super().form_valid(form)
+            audit_record(
+                "user.password.change",
+                actor=Actor("user", form.user.email, "setup_link"),
+                resource_type="user",
+                resource_id=form.user.email,
+                details={"via": "setup_link"},
+            )
         messages.success(self.request, "Your password is set. Sign in with it now.")
         return response

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 
 from kms_plugins.base import KeyBackend
 from kms_plugins.types import Capability, KeyPurpose
+from vault.audit.services import audit_record
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
 from vault.tenants.models import Tenant
@@ -37,13 +38,30 @@ def _new_binding(
     ref = backend.create_key(purpose=purpose)
     info = backend.describe(ref.key_id).version(ref.version)
     assert info is not None  # noqa: S101  (the backend just created it)
-    return KeyBinding.objects.create(
+    binding = KeyBinding.objects.create(
         tenant=tenant,
         role=role,
         backend_alias=alias,
         backend_kind=backend.kind,
         key_id=ref.key_id,
         fingerprint=info.fingerprint,
+    )
+    _audit_key_created(binding)
+    return binding
+
+
+def _audit_key_created(binding: KeyBinding) -> None:
+    audit_record(
+        "key.create",
+        tenant=binding.tenant,
+        resource_type="key",
+        resource_id=binding.key_id,
+        details={
+            "role": binding.role,
+            "backend": binding.backend_alias,
+            "kind": binding.backend_kind,
+            "fingerprint": binding.fingerprint,
+        },
     )
 
 
@@ -65,7 +83,7 @@ def platform_signing_binding(*, create: bool = True) -> KeyBinding:
     assert info is not None  # noqa: S101  (the backend just created it)
     try:
         with transaction.atomic():
-            return KeyBinding.objects.create(
+            binding = KeyBinding.objects.create(
                 tenant=None,
                 role=KeyRole.SIGNING,
                 backend_alias=alias,
@@ -73,6 +91,8 @@ def platform_signing_binding(*, create: bool = True) -> KeyBinding:
                 key_id=ref.key_id,
                 fingerprint=info.fingerprint,
             )
+            _audit_key_created(binding)
+            return binding
     except IntegrityError:
         # Another process made the platform key at the same moment: use theirs, drop ours.
         with contextlib.suppress(Exception):

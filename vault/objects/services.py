@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from kms_plugins.types import WrappedKey
+from vault.audit.services import audit_record
 from vault.crypto import dedup, envelope
 from vault.crypto.errors import EnvelopeError
 from vault.keys.models import KeyBinding, KeyRole
@@ -113,18 +114,31 @@ def object_create(
     """Create an object (no version yet)."""
     try:
         with transaction.atomic():
-            return StoredObject.objects.create(
+            obj = StoredObject.objects.create(
                 tenant=tenant, name=name, mode=mode, content_type=content_type, created_by=token
             )
+            audit_record(
+                "object.create",
+                tenant=tenant,
+                resource_type="object",
+                resource_id=obj.pk,
+                details={"mode": mode},
+            )
+            return obj
     except IntegrityError:
         raise NameTaken(f"an object named {name!r} exists") from None
 
 
 def object_delete(*, obj: StoredObject) -> None:
     """Soft-delete: the object disappears from lists and reads now; storage is purged later."""
-    StoredObject.objects.filter(pk=obj.pk, deleted_at__isnull=True).update(
-        deleted_at=timezone.now()
-    )
+    with transaction.atomic():
+        changed = StoredObject.objects.filter(pk=obj.pk, deleted_at__isnull=True).update(
+            deleted_at=timezone.now()
+        )
+        if changed:
+            audit_record(
+                "object.delete", tenant=obj.tenant, resource_type="object", resource_id=obj.pk
+            )
 
 
 def objects_purge_deleted(*, now: Any = None) -> int:
@@ -269,6 +283,22 @@ class _IterFile(io.RawIOBase):
         return size
 
 
+def _audit_written(version: ObjectVersion) -> None:
+    """The event of a stored version, in the transaction that records it."""
+    audit_record(
+        "object.write",
+        tenant=version.object.tenant,
+        resource_type="object",
+        resource_id=version.object_id,
+        details={
+            "version": version.number,
+            "size": version.size,
+            "mode": version.object.mode,
+            "deduplicated": version.blob_id is not None,
+        },
+    )
+
+
 def _check_length(length: int | None) -> int:
     if length is None:
         raise LengthRequired("send Content-Length with the upload")
@@ -289,6 +319,14 @@ def _stanzas(tenant: Tenant, dek: bytes, context: dict[str, str]) -> list[Wrappe
         raise TenantNotBound("the tenant is not bound to a key backend")
     order = [bindings[KeyRole.PRIMARY]] + (
         [bindings[KeyRole.RECOVERY]] if KeyRole.RECOVERY in bindings else []
+    )
+    # Recorded before the backend is asked: no data key is wrapped without its event.
+    audit_record(
+        "key.wrap",
+        tenant=tenant,
+        resource_type="key",
+        resource_id=order[0].key_id,
+        details={"keys": [b.key_id for b in order], "context": context},
     )
     return [key_backend(b.backend_alias).wrap(b.key_id, dek, context) for b in order]
 
@@ -331,6 +369,7 @@ def _save_version(
                 content_type=content_type,
                 created_by=token,
             )
+            _audit_written(version)
             if on_saved is not None:
                 on_saved(version)
             return version
@@ -526,6 +565,7 @@ def store_deduplicated(
                 content_type=content_type,
                 created_by=token,
             )
+            _audit_written(version)
             if on_saved is not None:
                 on_saved(version)
             return version
@@ -636,6 +676,13 @@ def version_replace_header(
         changed = ObjectVersion.objects.filter(pk=version.pk, header=previous).update(header=header)
         if not changed:
             raise VersionConflict("the header changed meanwhile; fetch it and try again")
+        audit_record(
+            "object.header.replace",
+            tenant=version.object.tenant,
+            resource_type="object",
+            resource_id=version.object_id,
+            details={"version": version.number},
+        )
         # The replaced header is kept, so a bad rewrap can be undone by an operator.
         HeaderHistory.objects.create(version=version, header=previous, replaced_by=token)
     version.header = header
@@ -707,6 +754,20 @@ def version_read(*, version: ObjectVersion, byte_range: ByteRange | None = None)
     """
     obj = version.object
     stored = _stored(version)
+    # Recorded before any byte leaves: a read that cannot be recorded does not happen.
+    audit_record(
+        "object.read",
+        tenant=obj.tenant,
+        resource_type="object",
+        resource_id=obj.pk,
+        details={
+            "version": version.number,
+            "mode": obj.mode,
+            "range": None
+            if byte_range is None
+            else {"first": byte_range.first, "last": byte_range.last, "suffix": byte_range.suffix},
+        },
+    )
     if obj.mode == ObjectMode.CLIENT:
         raw = stored.header
         total = len(raw) + stored.body_size
@@ -740,6 +801,13 @@ def _unwrap_with_tenant_keys(
     last_error: Exception | None = None
     for binding in bindings:
         backend = key_backend(binding.backend_alias)
+        audit_record(
+            "key.unwrap",
+            tenant=tenant,
+            resource_type="key",
+            resource_id=binding.key_id,
+            details={"context": context},
+        )
         try:
             return envelope.unwrap_dek(
                 header,

@@ -7,6 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from vault.accounts.models import User
+from vault.audit.services import audit_record
 from vault.tenants.models import Membership, Role, Tenant, role_covers
 
 
@@ -32,14 +33,25 @@ def tenant_create(*, slug: str, name: str = "") -> Tenant:
     """Create a tenant; the slug is validated before anything is written."""
     tenant = Tenant(slug=slug, name=name or slug)
     tenant.full_clean()
-    tenant.save()
+    with transaction.atomic():
+        tenant.save()
+        audit_record("tenant.create", resource_type="tenant", resource_id=slug)
+        audit_record("audit.log.start", tenant=tenant, resource_type="tenant", resource_id=slug)
     return tenant
 
 
 def tenant_update(*, tenant: Tenant, deduplicate: bool) -> Tenant:
     """Change a tenant's settings. Deduplication applies to versions stored from now on;
     content already stored keeps its own keys."""
-    Tenant.objects.filter(pk=tenant.pk).update(deduplicate=deduplicate)
+    with transaction.atomic():
+        Tenant.objects.filter(pk=tenant.pk).update(deduplicate=deduplicate)
+        audit_record(
+            "tenant.update",
+            tenant=tenant,
+            resource_type="tenant",
+            resource_id=tenant.slug,
+            details={"deduplicate": {"from": tenant.deduplicate, "to": deduplicate}},
+        )
     tenant.deduplicate = deduplicate
     return tenant
 
@@ -63,6 +75,13 @@ def member_add(*, tenant: Tenant, email: str, role: str) -> tuple[Membership, bo
     if Membership.objects.filter(tenant=tenant, user=user).exists():
         raise AlreadyMember(f"{user.email} is already a member of {tenant.slug}")
     membership = Membership.objects.create(tenant=tenant, user=user, role=role)
+    audit_record(
+        "member.add",
+        tenant=tenant,
+        resource_type="member",
+        resource_id=user.email,
+        details={"role": role, "new_user": created},
+    )
     return membership, created
 
 
@@ -102,9 +121,17 @@ def member_set_role(*, membership: Membership, role: str) -> Membership:
         raise ValueError(f"unknown role {role!r}")
     if membership.role == Role.OWNER and role != Role.OWNER and _owners_left(membership) == 0:
         raise LastOwner("a tenant must keep at least one owner")
+    previous = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
     _revoke_tokens_beyond(membership, role)
+    audit_record(
+        "member.role.change",
+        tenant=membership.tenant,
+        resource_type="member",
+        resource_id=membership.user.email,
+        details={"from": previous, "to": role},
+    )
     return membership
 
 
@@ -114,4 +141,11 @@ def member_remove(*, membership: Membership) -> None:
     if membership.role == Role.OWNER and _owners_left(membership) == 0:
         raise LastOwner("a tenant must keep at least one owner")
     _revoke_tokens_beyond(membership, None)
+    audit_record(
+        "member.remove",
+        tenant=membership.tenant,
+        resource_type="member",
+        resource_id=membership.user.email,
+        details={"role": membership.role},
+    )
     membership.delete()

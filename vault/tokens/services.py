@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from vault.accounts.models import User
+from vault.audit.services import audit_record
 from vault.tenants.models import Membership, Role, Tenant, role_covers
 from vault.tokens.models import ApiToken
 
@@ -125,25 +126,42 @@ def token_create(
     key_id = secrets.token_hex(6)
     clear = f"{TOKEN_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     now = timezone.now()
-    token = ApiToken.objects.create(
-        tenant=tenant,
-        name=name,
-        role=role,
-        key_id=key_id,
-        digest=token_digest(clear),
-        user=user,
-        parent=parent,
-        created_at=now,
-        expires_at=now + timedelta(days=days),
-    )
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            tenant=tenant,
+            name=name,
+            role=role,
+            key_id=key_id,
+            digest=token_digest(clear),
+            user=user,
+            parent=parent,
+            created_at=now,
+            expires_at=now + timedelta(days=days),
+        )
+        audit_record(
+            "token.create",
+            tenant=tenant,
+            resource_type="token",
+            resource_id=token.prefix,
+            details={
+                "role": role,
+                "for": user.email if user else "",
+                "days": days,
+                "parent": parent.prefix if parent else "",
+            },
+        )
     return IssuedToken(token=token, clear=clear)
 
 
 def token_revoke(*, token: ApiToken) -> ApiToken:
     """Revoke a token (idempotent). Tokens it created stop working with it."""
     if token.revoked_at is None:
-        token.revoked_at = timezone.now()
-        token.save(update_fields=["revoked_at"])
+        with transaction.atomic():
+            token.revoked_at = timezone.now()
+            token.save(update_fields=["revoked_at"])
+            audit_record(
+                "token.revoke", tenant=token.tenant, resource_type="token", resource_id=token.prefix
+            )
     return token
 
 

@@ -1,0 +1,58 @@
+"""Canonical JSON of audit events (RFC 8785, for the values events hold). Django-free.
+
+Events hold strings, integers within ±(2^53 - 1), booleans, null, and lists and objects of these,
+with ASCII member names. For such values RFC 8785 (JCS) serializes exactly as ``json.dumps`` with
+sorted keys, no whitespace and no ASCII escaping does; anything outside that set (a float, a
+non-ASCII member name, a lone surrogate, a huge integer) is refused rather than serialized in a
+way another JCS implementation might not reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class NotCanonicalizable(ValueError):
+    """The value holds something the audit log's canonical JSON does not carry."""
+
+
+def _check(value: Any, depth: int = 0) -> None:
+    if depth > 32:
+        raise NotCanonicalizable("nested too deeply")
+    if value is None or isinstance(value, bool | str):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise NotCanonicalizable("a string is not valid Unicode") from None
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise NotCanonicalizable("an integer beyond ±(2^53 - 1)")
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key.isascii():
+                raise NotCanonicalizable("member names must be ASCII strings")
+            _check(item, depth + 1)
+        return
+    raise NotCanonicalizable(f"a {type(value).__name__} has no canonical form here")
+
+
+def canonical_json(value: Any) -> bytes:
+    """The RFC 8785 serialization of ``value`` as UTF-8 bytes.
+
+    Raises:
+        NotCanonicalizable: ``value`` holds a float, a non-ASCII member name, an unpaired
+            surrogate, an integer beyond ±(2^53 - 1), or a type JSON does not have.
+    """
+    _check(value)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
