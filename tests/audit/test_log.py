@@ -363,18 +363,25 @@ def test_a_tenant_whose_audit_writes_fail_cannot_read_or_write_and_others_go_on(
     assert _put(broken, obj, MARKER).status_code == 201
     other = _create(healthy)["id"]
     with _audit_rejected_for(broken.tenant.pk):
-        upload = _put(broken, obj, b"new content")
+        # Each request in a transaction of its own, as under a server (the test's own
+        # transaction wraps everything here; a failed audit write dooms the one it is in).
+        with transaction.atomic():
+            upload = _put(broken, obj, b"new content")
         assert upload.status_code == 503
         assert upload.json()["error"]["code"] == "audit_unavailable"
-        response, body = _get(broken, obj)
+        with transaction.atomic():
+            response, body = _get(broken, obj)
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "audit_unavailable"
         assert MARKER not in body
-        created = broken.post("/api/v1/objects/", {"name": "new"}, format="json")
+        with transaction.atomic():
+            created = broken.post("/api/v1/objects/", {"name": "new"}, format="json")
         assert created.status_code == 503
         # The other tenant is not held up.
-        assert _put(healthy, other, b"fine").status_code == 201
-        assert _get(healthy, other)[1] == b"fine"
+        with transaction.atomic():
+            assert _put(healthy, other, b"fine").status_code == 201
+        with transaction.atomic():
+            assert _get(healthy, other)[1] == b"fine"
     assert ObjectVersion.objects.filter(object_id=obj).count() == 1
     assert not broken.get("/api/v1/objects/?prefix=new").json()["results"]
     assert _get(broken, obj)[1] == MARKER

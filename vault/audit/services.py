@@ -2,8 +2,8 @@
 and checking the stored log. ``docs/audit.md`` describes the design; ``docs/audit-format.md``
 the bytes.
 
-Fail closed: ``audit_record`` writes the event in the caller's transaction (a savepoint inside
-it), so a change and its event commit together or not at all; if the event cannot be written
+Fail closed: ``audit_record`` writes the event in the caller's transaction, so a change and its
+event commit together or not at all; if the event cannot be written
 it raises ``AuditUnavailable`` (503 ``audit_unavailable``) and the caller's change rolls back.
 Work outside the database (an unwrap for a download) records its event before any plaintext
 is released. One tenant's failing log never blocks another's: each event is a row of its own,
@@ -38,7 +38,7 @@ from vault.audit.models import (
     AuditLogHead,
     Outcome,
 )
-from vault.crypto.canonical import canonical_json
+from vault.crypto import canonical
 from vault.crypto.checkpoint import Checkpoint, CheckpointKey, open_checkpoint, sign_checkpoint
 from vault.crypto.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, node_hash
 from vault.tenants.models import Tenant
@@ -152,11 +152,15 @@ def audit_record(
         "resource": {"type": resource_type, "id": str(resource_id)},
         "details": facts,
     }
-    leaf = canonical_json(body)
+    # Everything but the details is a str made here from Unicode sources (the database, the
+    # request's headers, this module); only the details need checking.
+    canonical.check(facts)
+    leaf = canonical.encode(body)
     try:
-        # A savepoint: a failed insert rolls back only itself, so the caller's transaction
-        # stays usable to roll back (or to record the failure) cleanly.
-        with transaction.atomic():
+        # No savepoint: if the insert fails, the caller's transaction is marked for rollback
+        # (Django's atomic block without a savepoint), so the change it records cannot commit.
+        # A request that is not in a transaction gets one of its own here.
+        with transaction.atomic(savepoint=False):
             return AuditEvent.objects.create(
                 uuid=event_id,
                 log=log,

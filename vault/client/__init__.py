@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from vault.client.config import Login, config_dir
 from vault.client.errors import (
+    AuditCheckFailed,
+    AuditUnanchored,
     ClientError,
     ConfigurationError,
     DecryptionFailed,
@@ -18,6 +20,7 @@ from vault.client.errors import (
     NotLoggedIn,
     ObjectNotFound,
     ServerError,
+    UnknownLogKey,
     WrongKey,
 )
 from vault.client.keys import KeyRing, KeySpec
@@ -25,6 +28,8 @@ from vault.client.names import NameCipher
 from vault.client.sdk import ObjectInfo, Vault
 
 __all__ = [
+    "AuditCheckFailed",
+    "AuditUnanchored",
     "ClientError",
     "ConfigurationError",
     "DecryptionFailed",
@@ -40,6 +45,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFound",
     "ServerError",
+    "UnknownLogKey",
     "Vault",
     "WrongKey",
     "config_dir",

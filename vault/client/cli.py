@@ -18,9 +18,12 @@ from typing import Any
 
 from kms_plugins.errors import KeyBackendError
 from kms_plugins.types import KeyRef
+from vault.client import audit
 from vault.client import config as cfg
 from vault.client.api import Api
 from vault.client.errors import (
+    AuditCheckFailed,
+    AuditUnanchored,
     ClientError,
     ConfigurationError,
     DecryptionFailed,
@@ -30,6 +33,7 @@ from vault.client.keys import KeyRing, KeySpec, backend_failure
 from vault.client.progress import Progress
 from vault.client.sdk import ObjectInfo, Vault
 from vault.crypto import EnvelopeError
+from vault.crypto.auditbundle import BundleReport
 
 EXIT_INTERRUPTED = 130
 
@@ -384,6 +388,74 @@ def cmd_rm(args: argparse.Namespace, vault: Vault) -> int:
     return 0
 
 
+# -- audit log: trust and offline verification ---------------------------------------------------
+
+
+def cmd_trust_save(args: argparse.Namespace, vault: Vault) -> int:
+    """Save the audit log's keys (trust on first use), or move its saved checkpoint forward."""
+    directory = cfg.ensure_dir(cfg.config_dir())
+    saved = audit.trust_save(vault.api, directory, replace_keys=args.replace_keys)
+    log = saved.log
+    origin = _printable(log.origin)
+    size = log.checkpoint.size
+    if saved.keys_replaced:
+        _say(f"cvault: WARNING: the trusted keys of {origin} were REPLACED by the server's keys.")
+        _say("cvault: WARNING: trust them only after comparing them out of band; before, were:")
+        for key in saved.previous_keys:
+            _say(f"  {_printable(key.vkey)}")
+    if saved.first_use:
+        print(f"Trusting the audit log {origin} on first use, at size {size}.")
+        print("Compare these keys with the ones your administrator published, out of band:")
+        for key in log.keys:
+            print(f"  {_printable(key.vkey)}")
+    if saved.previous_size == size:
+        print(f"The audit log {origin} is unchanged at size {size}.")
+    elif saved.previous_size is not None:
+        print(
+            f"The audit log {origin} grew from size {saved.previous_size} to {size}: "
+            "the new checkpoint extends the saved one."
+        )
+    print(f"Saved in {saved.path}")
+    return 0
+
+
+def _verdict(report: BundleReport, saved: audit.TrustedLog | None) -> str:
+    count = report.leaves_checked
+    indices = f" (indices {report.first_index}..{report.last_index})" if count else ""
+    if saved is not None:
+        when = f" on {saved.saved_at}" if saved.saved_at else ""
+        anchor = f"anchored to the checkpoint saved{when} (size {report.saved_size})"
+    else:
+        anchor = "not anchored to a saved checkpoint (run 'cvault trust save' to detect rollbacks)"
+    return (
+        f"verified: {_printable(report.origin)}, {count} event(s){indices}, "
+        f"{report.checkpoint_count} checkpoint(s), last size {report.last_size}, {anchor}"
+    )
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Verify an audit export bundle offline; print one verdict line.
+
+    Exit status: 0 verified, 1 failed, 2 unanchored (no trusted key).
+    """
+    try:
+        data = audit.read_bundle(args.file)
+        verdict = audit.audit_verify(data, directory=cfg.config_dir(), trust=args.trust)
+    except AuditUnanchored as exc:
+        print(f"UNANCHORED: {_printable(str(exc))}")
+        if exc.signing_keys:
+            _say("The bundle names these keys (unverified; compare them out of band):")
+            for vkey in exc.signing_keys:
+                _say(f"  {_printable(vkey)}")
+        _say("Then run 'cvault trust save' against the server, or pass --trust KEY.")
+        return exc.exit_code
+    except AuditCheckFailed as exc:
+        print(f"FAILED: {_printable(str(exc))} [{exc.code}]")
+        return exc.exit_code
+    print(_verdict(verdict.report, verdict.saved))
+    return 0
+
+
 # -- argument parsing ----------------------------------------------------------------------------
 
 
@@ -459,6 +531,33 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.set_defaults(handler=cmd_key_rotate, needs_vault=False)
     show = key_commands.add_parser("show", help="show the configured keys")
     show.set_defaults(handler=cmd_key_show, needs_vault=False)
+
+    trust = commands.add_parser("trust", help="trust your tenant's audit log")
+    trust_commands = trust.add_subparsers(dest="trust_command", required=True, metavar="ACTION")
+    save = trust_commands.add_parser(
+        "save", help="save the audit log's keys and latest checkpoint, or move it forward"
+    )
+    save.add_argument(
+        "--replace-keys",
+        action="store_true",
+        help="trust the server's current keys instead of the saved ones (check them first)",
+    )
+    save.set_defaults(handler=cmd_trust_save, needs_vault=True)
+
+    audit_parser = commands.add_parser("audit", help="check audit log exports offline")
+    audit_commands = audit_parser.add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION"
+    )
+    verify = audit_commands.add_parser("verify", help="verify an export bundle offline")
+    verify.add_argument("file", metavar="FILE", help="the bundle ('-' reads standard input)")
+    verify.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="also trust this key: a verifier key (name+id+base64) or a PEM public key file",
+    )
+    verify.set_defaults(handler=cmd_audit_verify, needs_vault=False)
 
     put = commands.add_parser("put", help="upload a file")
     put.add_argument("file", metavar="FILE")

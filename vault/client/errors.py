@@ -94,3 +94,36 @@ class KeyBackendFailure(ClientError):
     """The user's key backend (HSM, TPM, KMS, keystore) failed or could not be reached."""
 
     exit_code = 7
+
+
+class AuditCheckFailed(ClientError):
+    """An audit bundle, or a checkpoint or proof the server sent, failed a check: tampering, a
+    rollback, rewritten history, a checkpoint no trusted key signed.
+
+    Attributes:
+        code: the stable code of the check that failed (``audit_bundle_rollback``, ...).
+    """
+
+    def __init__(self, message: str, code: str = "audit_check_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnknownLogKey(AuditCheckFailed):
+    """The server's checkpoint is signed by no key saved for its log: the log's key changed, or
+    someone else signed. ``cvault trust save --replace-keys`` trusts the new key, after an
+    out-of-band check."""
+
+
+class AuditUnanchored(ConfigurationError):
+    """No trusted key for the log (``cvault trust save`` or ``--trust``): nothing was verified.
+
+    Attributes:
+        origin: the log the bundle claims.
+        signing_keys: the keys the bundle names, unverified, to compare out of band.
+    """
+
+    def __init__(self, message: str, *, origin: str, signing_keys: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.origin = origin
+        self.signing_keys = signing_keys

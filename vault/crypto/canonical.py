@@ -19,7 +19,8 @@ class NotCanonicalizable(ValueError):
     """The value holds something the audit log's canonical JSON does not carry."""
 
 
-def _check(value: Any, depth: int = 0) -> None:
+def check(value: Any, depth: int = 0) -> None:
+    """Raise ``NotCanonicalizable`` unless ``value`` has a canonical form here."""
     if depth > 32:
         raise NotCanonicalizable("nested too deeply")
     if value is None or isinstance(value, bool | str):
@@ -35,13 +36,13 @@ def _check(value: Any, depth: int = 0) -> None:
         return
     if isinstance(value, list | tuple):
         for item in value:
-            _check(item, depth + 1)
+            check(item, depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str) or not key.isascii():
                 raise NotCanonicalizable("member names must be ASCII strings")
-            _check(item, depth + 1)
+            check(item, depth + 1)
         return
     raise NotCanonicalizable(f"a {type(value).__name__} has no canonical form here")
 
@@ -53,6 +54,14 @@ def canonical_json(value: Any) -> bytes:
         NotCanonicalizable: ``value`` holds a float, a non-ASCII member name, an unpaired
             surrogate, an integer beyond ±(2^53 - 1), or a type JSON does not have.
     """
-    _check(value)
+    check(value)
+    return encode(value)
+
+
+def encode(value: Any) -> bytes:
+    """The RFC 8785 serialization of a value already passed through ``check``.
+
+    For callers that build most of a value from known strings and check only the rest.
+    """
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.encode("utf-8")
