@@ -340,6 +340,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "vault.audit.integrate",
         "schedule": timedelta(minutes=1),
     },
+    "vault.audit.prune": {
+        "task": "vault.audit.prune",
+        "schedule": timedelta(hours=24),
+    },
     "vault.objects.sweep_orphans": {
         "task": "vault.objects.sweep_orphans",
         "schedule": timedelta(hours=24),

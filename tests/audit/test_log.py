@@ -210,7 +210,7 @@ def _sql(statement: str, *params: Any) -> None:
         cursor.execute(statement, list(params))
 
 
-def _middle(log: str) -> AuditLeaf:
+def _middle(log: str) -> Any:
     return AuditLeaf.objects.select_related("event").get(log=log, index=3)
 
 
@@ -420,3 +420,56 @@ def test_the_admin_shows_audit_rows_but_cannot_change_them(rf) -> None:
     assert not model_admin.has_add_permission(request)
     assert not model_admin.has_change_permission(request, event)
     assert not model_admin.has_delete_permission(request, event)
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+
+def test_retention_removes_only_archived_old_events_and_the_log_still_verifies(
+    settings, tmp_path
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from vault.audit.models import AuditPrune
+    from vault.audit.services import audit_prune, latest_checkpoint
+
+    owner, log = _logged_tenant()
+    later = timezone.now() + timedelta(days=settings.VAULT_AUDIT_RETENTION_DAYS + 1)
+    assert audit_prune(log, now=later) == 0, "nothing is archived yet"
+    target = tmp_path / "archive.json"
+    call_command(
+        "audit_export",
+        "--tenant",
+        owner.tenant.slug,
+        "--output",
+        str(target),
+        "--archive",
+        stdout=StringIO(),
+    )
+    archived = latest_checkpoint(log)
+    assert archived is not None
+    assert audit_prune(log, now=timezone.now()) == 0, "nothing is old enough yet"
+    _create(owner, "after the archive")
+    audit_integrate(log)
+    removed = audit_prune(log, now=later)
+    assert removed == archived.size
+    assert AuditLeaf.objects.filter(log=log).count() > archived.size, "the leaves stay"
+    assert AuditPrune.objects.get(log=log).below_index == archived.size
+    # The archive still verifies offline; the live log still verifies too, and so does a fresh
+    # export of what is left.
+    verify_bundle(target.read_bytes(), trusted=log_signer(log).all_keys)
+    audit_integrate(log)
+    assert audit_verify(log).ok, audit_verify(log).problems
+    report = verify_bundle(_exported(log), trusted=log_signer(log).all_keys)
+    assert report.first_index == archived.size
+    # A deletion past the pruned range is still caught.
+    entry = AuditLeaf.objects.filter(log=log, index__gt=archived.size).order_by("index").first()
+    assert entry is not None
+    _sql("DELETE FROM audit_auditevent WHERE id = %s", entry.event_id)
+    assert any("missing" in problem for problem in audit_verify(log).problems)
+    # Retention's own records, leaves and checkpoints cannot be deleted.
+    for table in ("audit_auditprune", "audit_auditleaf", "audit_auditcheckpoint"):
+        with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {table}")  # noqa: S608

@@ -31,7 +31,8 @@ def export_bundle(log: str, *, start: datetime | None, end: datetime | None) -> 
         raise NothingToExport("the log has no checkpoint yet")
     last = checkpoints[-1]
     tree = services.log_tree(log, last.size)
-    covered = AuditLeaf.objects.filter(log=log, index__lt=last.size)
+    # Leaves whose events retention removed stay in the tree but are not exported.
+    covered = AuditLeaf.objects.filter(log=log, index__lt=last.size, event__isnull=False)
     chosen = covered
     if start is not None:
         chosen = chosen.filter(event__time__gte=start)
@@ -48,8 +49,9 @@ def export_bundle(log: str, *, start: datetime | None, end: datetime | None) -> 
             .order_by("index")
         )
     leaves = [
-        (entry.index, bytes(entry.event.leaf), services.event_columns(entry.event))
+        (entry.index, bytes(event.leaf), services.event_columns(event))
         for entry in entries.iterator(chunk_size=2000)
+        if (event := entry.event) is not None
     ]
     signer = services.log_signer(log)
     return build_bundle(

@@ -65,7 +65,15 @@ class AuditLeaf(models.Model):
 
     log = models.CharField(max_length=40)
     index = models.BigIntegerField()
-    event = models.OneToOneField(AuditEvent, on_delete=models.PROTECT, related_name="leaf_entry")
+    # No database constraint: retention deletes old events and keeps their leaves (the hashes
+    # the tree needs), and the triggers forbid the UPDATE a SET NULL would be.
+    event = models.OneToOneField(
+        AuditEvent,
+        null=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="leaf_entry",
+    )
     hash = models.BinaryField()
 
     class Meta:
@@ -110,6 +118,38 @@ class AuditLogHead(models.Model):
 
     def __str__(self) -> str:
         return f"{self.log} at {self.size}"
+
+
+class AuditArchive(models.Model):
+    """An export that an operator keeps as the archive of a log up to ``size`` leaves
+    (``manage.py audit_export --archive``). Retention removes only archived events."""
+
+    log = models.CharField(max_length=40)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("log", "size")
+
+    def __str__(self) -> str:
+        return f"{self.log} archived up to {self.size}"
+
+
+class AuditPrune(models.Model):
+    """A retention run: the events of leaves below ``below_index`` were deleted (their leaves,
+    checkpoints and this row stay)."""
+
+    log = models.CharField(max_length=40)
+    below_index = models.BigIntegerField()
+    cutoff = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("log", "below_index")
+
+    def __str__(self) -> str:
+        return f"{self.log} pruned below {self.below_index}"
 
 
 class AuditPruneGuard(models.Model):

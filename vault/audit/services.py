@@ -32,10 +32,13 @@ from vault.audit.context import Actor, actor_of, current_request, origin_of
 from vault.audit.events import EVENT_TYPES
 from vault.audit.models import (
     PLATFORM_LOG,
+    AuditArchive,
     AuditCheckpoint,
     AuditEvent,
     AuditLeaf,
     AuditLogHead,
+    AuditPrune,
+    AuditPruneGuard,
     Outcome,
 )
 from vault.crypto import canonical
@@ -456,13 +459,15 @@ def audit_verify(log: str, *, progress: Callable[[int], None] | None = None) -> 
     rows = AuditLeaf.objects.filter(log=log).order_by("index").values_list(*fields)
     hashes: list[bytes] = []
     expected = 0
+    pruned_below = pruned_index(log)
     for index, stored_hash, raw_leaf, event_log, *columns in rows.iterator(chunk_size=5000):
         if index != expected:
             problems.append(f"leaf {expected}: missing (the next leaf is {index})")
             expected = index
         expected += 1
         if raw_leaf is None:
-            problems.append(f"leaf {index}: its event is missing")
+            if index >= pruned_below:
+                problems.append(f"leaf {index}: its event is missing")
             hashes.append(bytes(stored_hash))
             continue
         leaf = bytes(raw_leaf)
@@ -502,3 +507,84 @@ def audit_verify(log: str, *, progress: Callable[[int], None] | None = None) -> 
             problems.append(f"checkpoint {point.size}: the leaves no longer give its root")
     report.pending = AuditEvent.objects.filter(log=log, leaf_entry__isnull=True).count()
     return report
+
+
+# --- retention -----------------------------------------------------------------------------------
+
+
+def pruned_index(log: str) -> int:
+    """Leaves below this index have had their events removed by retention."""
+    last = AuditPrune.objects.filter(log=log).order_by("-below_index").first()
+    return last.below_index if last is not None else 0
+
+
+def audit_archive_record(log: str, *, size: int, sha256: str) -> AuditArchive:
+    """Record that an operator keeps an export of ``log`` up to ``size`` leaves as its archive."""
+    tenant = tenant_of_log(log)
+    with transaction.atomic():
+        archive = AuditArchive.objects.create(log=log, size=size, sha256=sha256)
+        audit_record(
+            "audit.export",
+            tenant=tenant,
+            resource_type="audit_log",
+            resource_id=log,
+            details={"archive": True, "size": size, "sha256": sha256},
+        )
+    return archive
+
+
+def audit_prune(log: str, *, now: datetime | None = None) -> int:
+    """Delete the events older than ``VAULT_AUDIT_RETENTION_DAYS`` that are both covered by a
+    signed checkpoint and archived in an export (PCI-DSS 10.5.1); keep their leaves and every
+    checkpoint, so the log still verifies.
+
+    Only a prefix of the log is ever removed: from where the last run stopped up to the first
+    event that is too young, not archived, or not yet checkpointed.
+
+    Returns:
+        How many events were deleted.
+    """
+    from datetime import timedelta
+
+    cutoff = (now or timezone.now()) - timedelta(days=settings.VAULT_AUDIT_RETENTION_DAYS)
+    archived = AuditArchive.objects.filter(log=log).order_by("-size").first()
+    checkpoint = latest_checkpoint(log)
+    if archived is None or checkpoint is None:
+        return 0
+    start = pruned_index(log)
+    limit = min(archived.size, checkpoint.size)
+    young = (
+        AuditLeaf.objects.filter(
+            log=log, index__gte=start, index__lt=limit, event__time__gte=cutoff
+        )
+        .order_by("index")
+        .values_list("index", flat=True)
+        .first()
+    )
+    below = young if young is not None else limit
+    if below <= start:
+        return 0
+    tenant = tenant_of_log(log)
+    with transaction.atomic():
+        guard = AuditPruneGuard.objects.create()
+        doomed = AuditLeaf.objects.filter(log=log, index__gte=start, index__lt=below)
+        deleted, _ = AuditEvent.objects.filter(
+            pk__in=doomed.values_list("event_id", flat=True)
+        ).delete()
+        AuditPruneGuard.objects.filter(pk=guard.pk).delete()
+        AuditPrune.objects.create(log=log, below_index=below, cutoff=cutoff)
+        audit_record(
+            "audit.prune",
+            tenant=tenant,
+            resource_type="audit_log",
+            resource_id=log,
+            details={"below_index": below, "deleted": deleted, "cutoff": _timestamp(cutoff)},
+        )
+    logger.info("audit log %s: %d event(s) older than the retention period removed", log, deleted)
+    return deleted
+
+
+def audit_prune_all(*, now: datetime | None = None) -> int:
+    """Retention over every log; returns the events removed."""
+    logs = set(AuditArchive.objects.values_list("log", flat=True))
+    return sum(audit_prune(log, now=now) for log in sorted(logs))

@@ -1,5 +1,5 @@
-"""Append-only audit tables: triggers reject UPDATE and TRUNCATE, and DELETE outside the
-retention job's guarded path (a row in audit_auditpruneguard, inside the job's transaction).
+"""Append-only audit tables: triggers reject UPDATE and TRUNCATE, and DELETE except of events by
+the retention job's guarded path (a row in audit_auditpruneguard, inside the job's transaction).
 
 A database superuser can drop or disable triggers; the signed checkpoints are the real control.
 """
@@ -10,12 +10,20 @@ from typing import Any
 
 from django.db import migrations
 
-TABLES = ("audit_auditevent", "audit_auditleaf", "audit_auditcheckpoint")
+TABLES = (
+    "audit_auditevent",
+    "audit_auditleaf",
+    "audit_auditcheckpoint",
+    "audit_auditarchive",
+    "audit_auditprune",
+)
+# Only events may be deleted, and only by the retention job: leaves keep the tree whole.
+DELETABLE = ("audit_auditevent",)
 
 POSTGRES_FUNCTION = """
 CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger AS $$
 BEGIN
-    IF TG_OP = 'DELETE' AND TG_TABLE_NAME <> 'audit_auditcheckpoint'
+    IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_auditevent'
        AND EXISTS (SELECT 1 FROM audit_auditpruneguard) THEN
         RETURN OLD;
     END IF;
@@ -47,9 +55,9 @@ def _install(apps: Any, schema_editor: Any) -> None:
                 "BEGIN SELECT RAISE(ABORT, 'audit tables are append-only'); END"
             )
             guard = (
-                ""
-                if table == "audit_auditcheckpoint"
-                else "WHEN NOT EXISTS (SELECT 1 FROM audit_auditpruneguard) "
+                "WHEN NOT EXISTS (SELECT 1 FROM audit_auditpruneguard) "
+                if table in DELETABLE
+                else ""
             )
             run(
                 f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} {guard}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ from django.utils.dateparse import parse_datetime
 from vault.audit.context import acting_as
 from vault.audit.exports import NothingToExport, export_bundle
 from vault.audit.models import PLATFORM_LOG
-from vault.audit.services import audit_record, log_of
+from vault.audit.services import audit_archive_record, audit_record, log_of
+from vault.crypto.checkpoint import Checkpoint, SignedNote
 from vault.tenants.models import Tenant
 
 
@@ -35,6 +38,12 @@ class Command(BaseCommand):
         parser.add_argument("--output", required=True, metavar="FILE")
         parser.add_argument("--from", dest="start", metavar="TIME")
         parser.add_argument("--to", dest="end", metavar="TIME")
+        parser.add_argument(
+            "--archive",
+            action="store_true",
+            help="this file is kept as the log's archive: retention may then remove the events "
+            "it holds once they are older than VAULT_AUDIT_RETENTION_DAYS",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         tenant = None
@@ -62,3 +71,12 @@ class Command(BaseCommand):
             os.fsync(handle.fileno())
         os.replace(temporary, path)
         self.stdout.write(f"wrote {path} ({len(bundle)} bytes)")
+        if options["archive"]:
+            if start is not None or end is not None:
+                raise CommandError("an archive holds the whole log: leave out --from and --to")
+            # The archive holds every event up to the bundle's last checkpoint.
+            last_note = json.loads(bundle)["checkpoints"][-1].encode("utf-8")
+            size = Checkpoint.from_text(SignedNote.parse(last_note).text).size
+            with acting_as("manage.py audit_export"):
+                audit_archive_record(log, size=size, sha256=hashlib.sha256(bundle).hexdigest())
+            self.stdout.write(f"recorded as the archive of {log} up to {size} leaves")
