@@ -71,10 +71,13 @@ def actor_of(request: HttpRequest | None) -> Actor:
     return Actor("anonymous", "", "none")
 
 
+_NO_ORIGIN = Origin()
+
+
 def origin_of(request: HttpRequest | None) -> Origin:
     """The origin of a request (empty for jobs)."""
     if request is None:
-        return Origin()
+        return _NO_ORIGIN
     return Origin(
         ip=str(request.META.get("REMOTE_ADDR") or "")[:64],
         user_agent=str(request.META.get("HTTP_USER_AGENT") or "")[:512],

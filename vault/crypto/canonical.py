@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 MAX_SAFE_INTEGER = 2**53 - 1
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class NotCanonicalizable(ValueError):
@@ -63,5 +64,4 @@ def encode(value: Any) -> bytes:
 
     For callers that build most of a value from known strings and check only the rest.
     """
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
