@@ -61,6 +61,14 @@ try:
     VAULT_MAX_OBJECT_BYTES = env_int("VAULT_MAX_OBJECT_BYTES", 5 * 1024**3, minimum=1)
     VAULT_OBJECT_RETENTION_DAYS = env_int("VAULT_OBJECT_RETENTION_DAYS", 30, minimum=0)
     VAULT_UPLOAD_SESSION_HOURS = env_int("VAULT_UPLOAD_SESSION_HOURS", 24, minimum=1, maximum=720)
+    # NIST SP 800-57: a key-encryption key's originator-usage period is at most two years.
+    VAULT_KEK_CRYPTOPERIOD_DAYS = env_int(
+        "VAULT_KEK_CRYPTOPERIOD_DAYS", 365, minimum=1, maximum=730
+    )
+    VAULT_REWRAP_BATCH = env_int("VAULT_REWRAP_BATCH", 100, minimum=1, maximum=10_000)
+    VAULT_REWRAP_RATE = env_int("VAULT_REWRAP_RATE", 0, minimum=0)
+    VAULT_CAMPAIGN_LEASE_SECONDS = env_int("VAULT_CAMPAIGN_LEASE_SECONDS", 120, minimum=1)
+    VAULT_CAMPAIGN_INTERVAL_SECONDS = env_int("VAULT_CAMPAIGN_INTERVAL_SECONDS", 60, minimum=1)
     VAULT_AUTH_FAILURE_LIMIT = env_int("VAULT_AUTH_FAILURE_LIMIT", 20, minimum=1)
     VAULT_AUTH_FAILURE_WINDOW = env_int("VAULT_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1)
     VAULT_KEY_BACKENDS = env_json("VAULT_KEY_BACKENDS", None)
@@ -145,6 +153,7 @@ INSTALLED_APPS = [
     "vault.keys",
     "vault.objects",
     "vault.audit",
+    "vault.lifecycle",
     "vault.api",
     "vault.console",
     "compliance",
@@ -339,6 +348,14 @@ CELERY_BEAT_SCHEDULE = {
     "vault.audit.integrate": {
         "task": "vault.audit.integrate",
         "schedule": timedelta(minutes=1),
+    },
+    "vault.lifecycle.run_campaigns": {
+        "task": "vault.lifecycle.run_campaigns",
+        "schedule": timedelta(seconds=VAULT_CAMPAIGN_INTERVAL_SECONDS),
+    },
+    "vault.lifecycle.rotate_due": {
+        "task": "vault.lifecycle.rotate_due",
+        "schedule": timedelta(hours=24),
     },
     "vault.audit.prune": {
         "task": "vault.audit.prune",

@@ -35,6 +35,7 @@ api_v1 = [
     path("", include("vault.tokens.api.urls")),
     path("", include("vault.objects.api.urls")),
     path("", include("vault.audit.api.urls")),
+    path("", include("vault.lifecycle.api.urls")),
 ]
 
 urlpatterns = [

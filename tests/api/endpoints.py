@@ -246,6 +246,39 @@ def _export_is_mine(response: Any, world: World) -> None:
     assert json.loads(response.content)["origin"] == _my_origin(world)
 
 
+KEY_READERS = frozenset({Role.OWNER, Role.CUSTODIAN, Role.AUDITOR})
+KEY_PEOPLE = frozenset({Role.OWNER, Role.CUSTODIAN})
+
+
+def _new_campaign(world: World, side: Side, role: str) -> int:
+    from vault.lifecycle.services import key_rotate
+
+    return key_rotate(tenant=side.tenant).pk
+
+
+def _campaign_unchanged(pk: int) -> bool:
+    from vault.lifecycle.models import Campaign
+
+    return Campaign.objects.filter(pk=pk, state="running").exists()
+
+
+def _campaigns_are_mine(response: Any, world: World) -> None:
+    from vault.lifecycle.models import Campaign
+
+    ids = {row["id"] for row in response.json()["results"]}
+    assert ids, "the list must hold the caller's campaigns"
+    assert ids <= set(
+        Campaign.objects.filter(tenant=world.mine.tenant).values_list("id", flat=True)
+    )
+
+
+def _campaign_created_here(response: Any, world: World) -> None:
+    from vault.lifecycle.models import Campaign
+
+    assert Campaign.objects.get(pk=response.json()["id"]).tenant == world.mine.tenant
+    assert not Campaign.objects.filter(tenant=world.other.tenant).exists()
+
+
 def _mine_with_an_object(response: Any, world: World) -> None:
     _objects_are_mine(response, world)
 
@@ -469,6 +502,33 @@ ENDPOINTS = [
         200,
         check_scope=_export_is_mine,
         prepare=_integrate,
+    ),
+    Endpoint(
+        "v1:key-campaign-list",
+        "GET",
+        KEY_READERS,
+        200,
+        check_scope=_campaigns_are_mine,
+        prepare=lambda world: (
+            _new_campaign(world, world.mine, Role.OWNER)
+            and _new_campaign(world, world.other, Role.OWNER)
+        ),
+    ),
+    Endpoint(
+        "v1:key-campaign-list",
+        "POST",
+        KEY_PEOPLE,
+        202,
+        payload=lambda w, s, r: {"role": "primary"},
+        check_scope=_campaign_created_here,
+    ),
+    Endpoint(
+        "v1:key-campaign-detail",
+        "GET",
+        KEY_READERS,
+        200,
+        make_object=_new_campaign,
+        still_there=_campaign_unchanged,
     ),
     Endpoint(
         "v1:token-detail",

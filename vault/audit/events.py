@@ -49,6 +49,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "key.rotate": ("10.2.1.2",),
     "key.state.change": ("10.2.1.2",),
     "key.destroy": ("10.2.1.2", "10.2.1.7"),
+    "key.rewrap": ("10.2.1.2",),
     "key.wrap": ("10.2.1.1",),
     "key.unwrap": ("10.2.1.1",),
     # objects

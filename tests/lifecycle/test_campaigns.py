@@ -1,0 +1,254 @@
+"""Key rotation and rewrap campaigns: every stored data key moves to the new key version once,
+the ciphertext is untouched, and a campaign continues after its worker is gone."""
+
+# mypy: disable-error-code="attr-defined"
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.files.storage import storages
+from django.core.management import call_command
+from django.utils import timezone
+
+from kms_plugins.local import LocalKeyBackend
+from kms_plugins.types import Capability
+from tests.objects.test_dedup import _dedup_client
+from tests.objects.test_objects import _client, _create, _get, _put
+from vault.crypto import envelope
+from vault.keys.models import KeyBinding, KeyRole
+from vault.keys.registry import key_backend
+from vault.lifecycle.models import Campaign, CampaignState
+from vault.lifecycle.services import (
+    campaign_step,
+    campaigns_run,
+    key_mark_compromised,
+    key_rotate,
+    keys_rotate_due,
+)
+from vault.objects.models import Blob, DedupKey, HeaderHistory, ObjectVersion
+from vault.tenants.models import Role
+
+pytestmark = pytest.mark.django_db
+
+
+def _primary(tenant) -> KeyBinding:
+    return KeyBinding.objects.get(tenant=tenant, role=KeyRole.PRIMARY)
+
+
+def _stanza_versions(raw: bytes, key_id: str) -> list[int]:
+    header = envelope.parse_header(raw)
+    return [s.key.version for s in header.stanzas if s.key.key_id == key_id]
+
+
+def _stored_bodies(tenant) -> dict[str, bytes]:
+    root = storages["default"].path(str(tenant.pk))
+    found = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as handle:
+                found[os.path.join(directory, name)] = handle.read()
+    return found
+
+
+def test_a_rotation_rewraps_every_gateway_data_key_once_and_touches_no_ciphertext() -> None:
+    client = _client()
+    contents = {}
+    for index in range(7):
+        obj = _create(client, f"o{index}")["id"]
+        contents[obj] = os.urandom(1000 + index)
+        assert _put(client, obj, contents[obj]).status_code == 201
+    client_side = _create(client, "mine", mode="client")["id"]
+    bodies = _stored_bodies(client.tenant)
+    binding = _primary(client.tenant)
+    campaign = key_rotate(tenant=client.tenant)
+    assert campaign.target_version == 2
+    assert campaign.total == 7
+    assert campaigns_run(worker="w1") == 1
+    campaign.refresh_from_db()
+    assert campaign.state == CampaignState.COMPLETE
+    assert campaign.rewrapped == 7
+    for version in ObjectVersion.objects.filter(object__tenant=client.tenant):
+        assert _stanza_versions(bytes(version.header), binding.key_id) == [2]
+        assert HeaderHistory.objects.filter(version=version).count() == 1, "rewrapped once"
+    assert _stored_bodies(client.tenant) == bodies, "only headers changed"
+    for obj, data in contents.items():
+        assert _get(client, obj)[1] == data
+    assert not ObjectVersion.objects.filter(object_id=client_side).exists()
+    # Running again finds nothing to do.
+    assert campaigns_run(worker="w2") == 0
+
+
+def test_after_the_campaign_the_old_version_can_be_deactivated_and_everything_still_reads() -> None:
+    from kms_plugins.types import KeyRef, KeyState
+
+    client = _client()
+    obj = _create(client)["id"]
+    _put(client, obj, b"before the rotation")
+    binding = _primary(client.tenant)
+    key_rotate(tenant=client.tenant)
+    campaigns_run(worker="w")
+    key_backend("local").set_state(KeyRef(binding.key_id, 1), KeyState.DEACTIVATED)
+    assert _get(client, obj)[1] == b"before the rotation"
+    _put(client, obj, b"after")
+    assert _get(client, obj)[1] == b"after"
+
+
+def test_blobs_and_the_deduplication_key_are_rewrapped_too() -> None:
+    client = _dedup_client()
+    first, second = _create(client, "a")["id"], _create(client, "b")["id"]
+    _put(client, first, b"same content")
+    _put(client, second, b"same content")
+    binding = _primary(client.tenant)
+    key_rotate(tenant=client.tenant)
+    campaigns_run(worker="w")
+    assert _stanza_versions(bytes(Blob.objects.get().header), binding.key_id) == [2]
+    assert _stanza_versions(bytes(DedupKey.objects.get().header), binding.key_id) == [2]
+    assert _get(client, second)[1] == b"same content"
+    third = _create(client, "c")["id"]
+    _put(client, third, b"same content")
+    assert Blob.objects.count() == 1, "deduplication still finds the blob after the rotation"
+
+
+def test_recovery_stanzas_stay_as_they_are(settings, tmp_path) -> None:
+    settings.VAULT_KEY_BACKENDS = {
+        **settings.VAULT_KEY_BACKENDS,
+        "escrow": {
+            "BACKEND": "local",
+            "OPTIONS": {"PATH": str(tmp_path / "e.json"), "KEY_FILE": str(tmp_path / "e.key")},
+        },
+    }
+    member = _client(bind=False)
+    call_command(
+        "tenant_bind_backend",
+        "--tenant",
+        member.tenant.slug,
+        "--backend",
+        "local",
+        "--recovery",
+        "escrow",
+        stdout=StringIO(),
+    )
+    obj = _create(member)["id"]
+    _put(member, obj, b"data")
+    recovery = KeyBinding.objects.get(tenant=member.tenant, role=KeyRole.RECOVERY)
+    before = bytes(ObjectVersion.objects.get(object_id=obj).header)
+    key_rotate(tenant=member.tenant)
+    campaigns_run(worker="w")
+    after = envelope.parse_header(bytes(ObjectVersion.objects.get(object_id=obj).header))
+    old = envelope.parse_header(before)
+    assert [s for s in after.stanzas if s.key.key_id == recovery.key_id] == [
+        s for s in old.stanzas if s.key.key_id == recovery.key_id
+    ]
+    assert after.fixed == old.fixed
+
+
+def test_a_live_lease_keeps_other_workers_off_and_an_expired_one_does_not(settings) -> None:
+    settings.VAULT_REWRAP_BATCH = 2
+    client = _client()
+    for index in range(5):
+        _put(client, _create(client, f"o{index}")["id"], b"x")
+    campaign = key_rotate(tenant=client.tenant)
+    assert campaign_step(campaign.pk, "first") is True
+    assert campaign_step(campaign.pk, "second") is False, "the first worker holds the lease"
+    Campaign.objects.filter(pk=campaign.pk).update(lease_until=timezone.now() - timedelta(1))
+    assert campaign_step(campaign.pk, "second") is True, "an expired lease is taken over"
+    while campaign_step(campaign.pk, "second"):
+        pass
+    campaign.refresh_from_db()
+    assert campaign.state == CampaignState.COMPLETE
+    assert campaign.rewrapped == 5
+    for version in ObjectVersion.objects.filter(object__tenant=client.tenant):
+        assert HeaderHistory.objects.filter(version=version).count() == 1
+
+
+def test_a_second_rotation_supersedes_the_running_campaign() -> None:
+    client = _client()
+    _put(client, _create(client)["id"], b"x")
+    first = key_rotate(tenant=client.tenant)
+    second = key_rotate(tenant=client.tenant)
+    first.refresh_from_db()
+    assert first.state == CampaignState.SUPERSEDED
+    campaigns_run(worker="w")
+    binding = _primary(client.tenant)
+    version = ObjectVersion.objects.get(object__tenant=client.tenant)
+    assert _stanza_versions(bytes(version.header), binding.key_id) == [second.target_version]
+
+
+def test_a_compromised_key_stops_wrapping_and_its_campaign_runs_first() -> None:
+    from kms_plugins.types import KeyState
+
+    calm, hit = _client(), _client()
+    for client in (calm, hit):
+        _put(client, _create(client)["id"], b"x")
+    routine = key_rotate(tenant=calm.tenant)
+    urgent = key_mark_compromised(tenant=hit.tenant)
+    assert urgent.priority < routine.priority
+    assert list(Campaign.objects.filter(state=CampaignState.RUNNING)) == [urgent, routine]
+    binding = _primary(hit.tenant)
+    info = key_backend("local").describe(binding.key_id).version(1)
+    assert info is not None
+    assert info.state == KeyState.COMPROMISED
+    campaigns_run(worker="w")
+    obj = _create(hit, "new")["id"]
+    assert _put(hit, obj, b"fresh").status_code == 201
+    assert _stanza_versions(
+        bytes(ObjectVersion.objects.get(object_id=obj).header), binding.key_id
+    ) == [2]
+
+
+def test_keys_past_their_cryptoperiod_are_rotated(settings) -> None:
+    client = _client()
+    _put(client, _create(client)["id"], b"x")
+    assert keys_rotate_due() == 0
+    later = timezone.now() + timedelta(days=settings.VAULT_KEK_CRYPTOPERIOD_DAYS + 1)
+    assert keys_rotate_due(now=later) == 1
+    campaign = Campaign.objects.get(tenant=client.tenant)
+    assert campaign.reason == "cryptoperiod"
+
+
+def test_rotation_over_the_api_and_the_status_command() -> None:
+    custodian = _client(role=Role.CUSTODIAN)
+    member = _client(role=Role.MEMBER, tenant=custodian.tenant)
+    _put(member, _create(member)["id"], b"x")
+    response = custodian.post("/api/v1/keys/campaigns/", {"role": "primary"}, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["target_version"] == 2
+    assert member.post("/api/v1/keys/campaigns/", {}, format="json").status_code == 403
+    campaigns_run(worker="w")
+    listed = custodian.get("/api/v1/keys/campaigns/").json()["results"]
+    assert listed[0]["state"] == "complete"
+    assert listed[0]["progress"] == 1.0
+    out = StringIO()
+    call_command("key_rotation_status", "--tenant", custodian.tenant.slug, stdout=out)
+    assert "complete, 100.0% (1 rewrapped" in out.getvalue()
+
+
+class NoRotate(LocalKeyBackend):
+    """A backend that cannot rotate keys."""
+
+    capabilities = LocalKeyBackend.capabilities & ~Capability.ROTATE
+
+
+def test_a_backend_that_cannot_rotate_answers_409(settings, tmp_path) -> None:
+    owner = _client(role=Role.OWNER, bind=False)
+    settings.VAULT_KEY_BACKENDS = {
+        **settings.VAULT_KEY_BACKENDS,
+        "norotate": {
+            "BACKEND": "tests.lifecycle.test_campaigns.NoRotate",
+            "OPTIONS": {"PATH": str(tmp_path / "n.json"), "PASSPHRASE": "no rotation passphrase"},
+        },
+    }
+    call_command(
+        "tenant_bind_backend",
+        "--tenant",
+        owner.tenant.slug,
+        "--backend",
+        "norotate",
+        stdout=StringIO(),
+    )
+    response = owner.post("/api/v1/keys/campaigns/", {}, format="json")
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "key_cannot_rotate")
+    assert not Campaign.objects.exists()
