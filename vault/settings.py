@@ -69,6 +69,11 @@ try:
     VAULT_REWRAP_RATE = env_int("VAULT_REWRAP_RATE", 0, minimum=0)
     VAULT_CAMPAIGN_LEASE_SECONDS = env_int("VAULT_CAMPAIGN_LEASE_SECONDS", 120, minimum=1)
     VAULT_CAMPAIGN_INTERVAL_SECONDS = env_int("VAULT_CAMPAIGN_INTERVAL_SECONDS", 60, minimum=1)
+    # Dual control (PCI-DSS 3.6.1.2, 3.7.6): approvals from distinct custodians, never the
+    # requester; requests expire; a destruction waits before it runs and can be cancelled.
+    VAULT_APPROVALS_REQUIRED = env_int("VAULT_APPROVALS_REQUIRED", 2, minimum=2, maximum=10)
+    VAULT_APPROVAL_HOURS = env_int("VAULT_APPROVAL_HOURS", 72, minimum=1, maximum=720)
+    VAULT_SHRED_WAIT_DAYS = env_int("VAULT_SHRED_WAIT_DAYS", 7, minimum=0, maximum=90)
     VAULT_AUTH_FAILURE_LIMIT = env_int("VAULT_AUTH_FAILURE_LIMIT", 20, minimum=1)
     VAULT_AUTH_FAILURE_WINDOW = env_int("VAULT_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1)
     VAULT_KEY_BACKENDS = env_json("VAULT_KEY_BACKENDS", None)
@@ -352,6 +357,10 @@ CELERY_BEAT_SCHEDULE = {
     "vault.lifecycle.run_campaigns": {
         "task": "vault.lifecycle.run_campaigns",
         "schedule": timedelta(seconds=VAULT_CAMPAIGN_INTERVAL_SECONDS),
+    },
+    "vault.lifecycle.approvals_due": {
+        "task": "vault.lifecycle.approvals_due",
+        "schedule": timedelta(minutes=5),
     },
     "vault.lifecycle.rotate_due": {
         "task": "vault.lifecycle.rotate_due",

@@ -279,6 +279,64 @@ def _campaign_created_here(response: Any, world: World) -> None:
     assert not Campaign.objects.filter(tenant=world.other.tenant).exists()
 
 
+def _new_request(world: World, side: Side, role: str) -> int:
+    """A destroy request made by another custodian of ``side`` (so ``role`` may decide)."""
+    from vault.lifecycle.approvals import approval_request
+
+    requester = User.objects.create_user(email=world.unique("requester") + "@x.example")
+    Membership.objects.create(tenant=side.tenant, user=requester, role=Role.CUSTODIAN)
+    return approval_request(
+        tenant=side.tenant, user=requester, action="key.destroy", reason="test", params={}
+    ).pk
+
+
+def _request_pending(pk: int) -> bool:
+    from vault.lifecycle.models import ApprovalRequest
+
+    found = ApprovalRequest.objects.filter(pk=pk).first()
+    return found is not None and found.state == "pending" and not found.votes.exists()
+
+
+def _requests_are_mine(response: Any, world: World) -> None:
+    from vault.lifecycle.models import ApprovalRequest
+
+    ids = {row["id"] for row in response.json()["results"]}
+    assert ids, "the list must hold the caller's requests"
+    assert ids <= set(
+        ApprovalRequest.objects.filter(tenant=world.mine.tenant).values_list("id", flat=True)
+    )
+
+
+def _request_created_here(response: Any, world: World) -> None:
+    from vault.lifecycle.models import ApprovalRequest
+
+    assert ApprovalRequest.objects.get(pk=response.json()["id"]).tenant == world.mine.tenant
+
+
+def _new_certificate(world: World, side: Side, role: str) -> int:
+    from vault.lifecycle.models import DestructionCertificate
+
+    request = _new_request(world, side, role)
+    return DestructionCertificate.objects.create(
+        tenant=side.tenant, request_id=request, body=b"{}", signature="", signing_key=""
+    ).pk
+
+
+def _certificate_there(pk: int) -> bool:
+    from vault.lifecycle.models import DestructionCertificate
+
+    return DestructionCertificate.objects.filter(pk=pk).exists()
+
+
+def _certificates_are_mine(response: Any, world: World) -> None:
+    from vault.lifecycle.models import DestructionCertificate
+
+    ids = {row["id"] for row in response.json()["results"]}
+    assert ids, "the list must hold the caller's certificates"
+    mine = DestructionCertificate.objects.filter(tenant=world.mine.tenant)
+    assert ids <= set(mine.values_list("id", flat=True))
+
+
 def _mine_with_an_object(response: Any, world: World) -> None:
     _objects_are_mine(response, world)
 
@@ -529,6 +587,64 @@ ENDPOINTS = [
         200,
         make_object=_new_campaign,
         still_there=_campaign_unchanged,
+    ),
+    Endpoint(
+        "v1:approval-list",
+        "GET",
+        KEY_READERS,
+        200,
+        check_scope=_requests_are_mine,
+        prepare=lambda world: (
+            _new_request(world, world.mine, Role.OWNER)
+            and _new_request(world, world.other, Role.OWNER)
+        ),
+    ),
+    Endpoint(
+        "v1:approval-list",
+        "POST",
+        KEY_PEOPLE,
+        201,
+        payload=lambda w, s, r: {"action": "key.destroy", "reason": "offboarding"},
+        check_scope=_request_created_here,
+    ),
+    Endpoint(
+        "v1:approval-detail",
+        "GET",
+        KEY_READERS,
+        200,
+        make_object=_new_request,
+        still_there=_request_pending,
+    ),
+    *(
+        Endpoint(
+            f"v1:approval-{verb}",
+            "POST",
+            KEY_PEOPLE,
+            200,
+            make_object=_new_request,
+            payload=lambda w, s, r: {"reason": "checked"},
+            still_there=_request_pending,
+        )
+        for verb in ("approve", "deny", "cancel")
+    ),
+    Endpoint(
+        "v1:key-certificate-list",
+        "GET",
+        KEY_READERS,
+        200,
+        check_scope=_certificates_are_mine,
+        prepare=lambda world: (
+            _new_certificate(world, world.mine, Role.OWNER)
+            and _new_certificate(world, world.other, Role.OWNER)
+        ),
+    ),
+    Endpoint(
+        "v1:key-certificate-detail",
+        "GET",
+        KEY_READERS,
+        200,
+        make_object=_new_certificate,
+        still_there=_certificate_there,
     ),
     Endpoint(
         "v1:token-detail",

@@ -43,6 +43,7 @@ def _client(role: str = Role.MEMBER, tenant=None, bind: bool = True) -> APIClien
     client = APIClient(raise_request_exception=False)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.clear}")
     client.tenant = membership.tenant
+    client.user_email = membership.user.email
     return client
 
 

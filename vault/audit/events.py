@@ -63,6 +63,14 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "audit.read": ("10.2.1.3",),
     "audit.export": ("10.2.1.3",),
     "audit.prune": ("10.2.1.3", "10.2.1.6"),
+    # dual control
+    "approval.request": ("10.2.1.2",),
+    "approval.approve": ("10.2.1.2",),
+    "approval.deny": ("10.2.1.2",),
+    "approval.granted": ("10.2.1.2",),
+    "approval.cancel": ("10.2.1.2",),
+    "approval.expire": ("10.2.1.2",),
+    "approval.execute": ("10.2.1.2",),
     # compliance
     "compliance.run": ("10.2.1.2",),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from vault.keys.models import KeyBinding
@@ -66,3 +67,93 @@ class Campaign(models.Model):
             return 1.0
         seen = self.rewrapped + self.already_current
         return min(seen / self.total, 1.0) if self.total else 0.0
+
+
+class ApprovalAction(models.TextChoices):
+    KEY_DESTROY = "key.destroy", "Destroy the tenant's keys (crypto-shred its gateway objects)"
+
+
+class RequestState(models.TextChoices):
+    PENDING = "pending", "Waiting for approvals"
+    APPROVED = "approved", "Approved; waiting for the end of the waiting period"
+    EXECUTED = "executed", "Done"
+    DENIED = "denied", "Denied"
+    EXPIRED = "expired", "Expired before enough approvals"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class ApprovalRequest(models.Model):
+    """An action that needs dual control: M approvals from distinct custodians, never the
+    requester's own, before it may run; it expires if they do not come in time."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    action = models.CharField(max_length=40, choices=ApprovalAction.choices)
+    params = models.JSONField(default=dict, blank=True)
+    reason = models.TextField()
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    required = models.PositiveSmallIntegerField()
+    state = models.CharField(
+        max_length=20, choices=RequestState.choices, default=RequestState.PENDING
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    not_before = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    finished_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ("-requested_at", "-pk")
+
+    def __str__(self) -> str:
+        return f"{self.action} for {self.tenant.slug} ({self.state})"
+
+
+class Decision(models.TextChoices):
+    APPROVE = "approve", "Approve"
+    DENY = "deny", "Deny"
+
+
+class Approval(models.Model):
+    """One custodian's decision on a request; one per person per request."""
+
+    request = models.ForeignKey(ApprovalRequest, on_delete=models.PROTECT, related_name="votes")
+    approver = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    reason = models.TextField(blank=True, default="")
+    decided_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("request", "decided_at")
+        constraints = [
+            models.UniqueConstraint(fields=("request", "approver"), name="one_vote_per_person"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.approver} {self.decision}s {self.request}"
+
+
+class DestructionCertificate(models.Model):
+    """The signed record of a crypto-shred: which keys, which objects, who approved, when."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    request = models.OneToOneField(
+        ApprovalRequest, on_delete=models.PROTECT, related_name="certificate"
+    )
+    body = models.BinaryField()  # canonical JSON (RFC 8785)
+    signature = models.TextField()  # base64 of a DER ECDSA P-256 signature over ``body``
+    signing_key = models.TextField()  # the verifier key (vkey) of the tenant's signing key
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+
+    def __str__(self) -> str:
+        return f"destruction certificate of {self.tenant.slug}"

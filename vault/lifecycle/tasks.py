@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from vault.audit.context import acting_as
+from vault.lifecycle.approvals import approvals_due
 from vault.lifecycle.services import campaigns_run, keys_rotate_due
 
 
@@ -20,3 +21,10 @@ def rotate_due() -> int:
     """Rotate the keys whose cryptoperiod has ended."""
     with acting_as("vault.lifecycle.rotate_due"):
         return keys_rotate_due()
+
+
+@shared_task(name="vault.lifecycle.approvals_due")
+def run_approvals_due() -> int:
+    """Expire late approval requests; run approved ones whose waiting period is over."""
+    with acting_as("vault.lifecycle.approvals_due"):
+        return approvals_due()

@@ -31,6 +31,8 @@ class StoredObject(models.Model):
     )
     # Soft delete: hidden from lists and reads at once, purged after the retention window.
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # Crypto-shredded: the keys that wrapped its data keys are destroyed; reads answer 410.
+    shredded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("name", "pk")

@@ -103,6 +103,19 @@ class BadContentType(ObjectError):
     code, status = "bad_content_type", 400
 
 
+class ObjectShredded(ObjectError):
+    code, status = "object_shredded", 410
+
+
+class TenantShredded(ObjectError):
+    code, status = "tenant_shredded", 410
+
+
+def _refuse_if_shredded(tenant: Tenant) -> None:
+    if tenant.shredded_at is not None:
+        raise TenantShredded("the tenant's keys were destroyed: it stores nothing new")
+
+
 def version_context(obj: StoredObject, number: int) -> dict[str, str]:
     """The encryption context of a version: it binds the ciphertext to its tenant and place."""
     return {"tenant": obj.tenant.slug, "object": str(obj.pk), "version": str(number)}
@@ -112,6 +125,7 @@ def object_create(
     *, tenant: Tenant, name: str, mode: str, content_type: str, token: ApiToken | None
 ) -> StoredObject:
     """Create an object (no version yet)."""
+    _refuse_if_shredded(tenant)
     try:
         with transaction.atomic():
             obj = StoredObject.objects.create(
@@ -396,6 +410,7 @@ def version_store_gateway(
     """
     if obj.mode != ObjectMode.GATEWAY:
         raise WrongMode("this object is client-side: upload an envelope")
+    _refuse_if_shredded(obj.tenant)
     length = _check_length(length)
     if not obj.tenant.deduplicate:
         return gateway_store_plaintext(
@@ -589,6 +604,7 @@ def version_store_client(
     """
     if obj.mode != ObjectMode.CLIENT:
         raise WrongMode("this object is in gateway mode: upload the plaintext")
+    _refuse_if_shredded(obj.tenant)
     length = _check_length(length)
     number = _next_number(obj)
     bounded = _BoundedBody(stream, length)
@@ -753,6 +769,8 @@ def version_read(*, version: ObjectVersion, byte_range: ByteRange | None = None)
         kms_plugins.errors.KeyBackendError: the backend could not unwrap (transient or not).
     """
     obj = version.object
+    if obj.shredded_at is not None:
+        raise ObjectShredded("the keys of this object were destroyed: its content is gone")
     stored = _stored(version)
     # Recorded before any byte leaves: a read that cannot be recorded does not happen.
     audit_record(

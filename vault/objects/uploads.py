@@ -69,6 +69,7 @@ def upload_create(
     Raises:
         BadLength, ObjectTooLarge.
     """
+    services._refuse_if_shredded(obj.tenant)
     if length < 1:
         raise BadLength("a resumable upload holds at least one byte; use a plain upload")
     if length > settings.VAULT_MAX_OBJECT_BYTES:

@@ -46,6 +46,8 @@ class Tenant(models.Model):
     # Store identical gateway content once (docs/objects.md, "Deduplication"): off by default,
     # because it tells members of the tenant whether content they hold is already stored.
     deduplicate = models.BooleanField(default=False)
+    # Set when the tenant's keys were destroyed (crypto-shredding): gateway content is gone.
+    shredded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("slug",)
