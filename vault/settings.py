@@ -358,6 +358,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "vault.lifecycle.run_campaigns",
         "schedule": timedelta(seconds=VAULT_CAMPAIGN_INTERVAL_SECONDS),
     },
+    "vault.keys.health_check": {
+        "task": "vault.keys.health_check",
+        "schedule": timedelta(minutes=5),
+    },
     "vault.lifecycle.approvals_due": {
         "task": "vault.lifecycle.approvals_due",
         "schedule": timedelta(minutes=5),

@@ -50,6 +50,7 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "key.state.change": ("10.2.1.2",),
     "key.destroy": ("10.2.1.2", "10.2.1.7"),
     "key.rewrap": ("10.2.1.2",),
+    "key.substitution": ("10.2.1.4",),
     "key.wrap": ("10.2.1.1",),
     "key.unwrap": ("10.2.1.1",),
     # objects

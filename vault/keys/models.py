@@ -32,6 +32,10 @@ class KeyBinding(models.Model):
     key_id = models.CharField(max_length=500)
     fingerprint = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set when the backend no longer reports the pinned fingerprint for the key's first version
+    # (a substituted key): the key is used for nothing until an operator looks into it.
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    suspended_reason = models.CharField(max_length=300, blank=True, default="")
 
     class Meta:
         ordering = ("tenant_id", "role")

@@ -7,6 +7,7 @@ import logging
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from kms_plugins.base import KeyBackend
 from kms_plugins.types import Capability, KeyPurpose
@@ -160,3 +161,59 @@ def signing_binding_for(*, tenant: Tenant) -> KeyBinding:
     """
     own = KeyBinding.objects.filter(tenant=tenant, role=KeyRole.SIGNING).first()
     return own if own is not None else platform_signing_binding()
+
+
+class KeySuspended(KeyServiceError):
+    code = "key_suspended"
+
+
+def binding_check_usable(binding: KeyBinding) -> None:
+    """Refuse a key whose pinned fingerprint no longer matches its backend (PCI-DSS 3.7.7).
+
+    Raises:
+        KeySuspended: the key was suspended by a health check.
+    """
+    if binding.suspended_at is not None:
+        why = binding.suspended_reason or "see the audit log"
+        raise KeySuspended(f"the {binding.role} key is suspended: {why}")
+
+
+def keys_health_check() -> list[tuple[KeyBinding, str]]:
+    """Check every bound key against its backend: reachable, and its first version still has the
+    fingerprint pinned at binding time. A mismatch suspends the key and records a
+    ``key.substitution`` event. Returns ``(binding, problem)`` for each key that is not fine."""
+    problems: list[tuple[KeyBinding, str]] = []
+    for binding in KeyBinding.objects.select_related("tenant"):
+        try:
+            backend = key_backend(binding.backend_alias)
+            first = backend.describe(binding.key_id).version(1)
+        except Exception as exc:  # an unreachable backend is a problem, not a substitution
+            problems.append((binding, f"cannot describe the key ({type(exc).__name__})"))
+            continue
+        if first is None:
+            reason = "the backend no longer has the key's first version"
+        elif first.fingerprint != binding.fingerprint:
+            reason = "the backend reports another fingerprint than the one pinned at binding"
+        else:
+            continue
+        problems.append((binding, reason))
+        if binding.suspended_at is None:
+            with transaction.atomic():
+                KeyBinding.objects.filter(pk=binding.pk).update(
+                    suspended_at=timezone.now(), suspended_reason=reason
+                )
+                audit_record(
+                    "key.substitution",
+                    tenant=binding.tenant,
+                    outcome="failure",
+                    resource_type="key",
+                    resource_id=binding.key_id,
+                    details={
+                        "role": binding.role,
+                        "reason": reason,
+                        "pinned": binding.fingerprint,
+                        "reported": first.fingerprint if first else None,
+                    },
+                )
+            logger.error("key %s suspended: %s", binding, reason)
+    return problems

@@ -24,6 +24,7 @@ from vault.crypto import dedup, envelope
 from vault.crypto.errors import EnvelopeError
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
+from vault.keys.services import KeySuspended, binding_check_usable
 from vault.objects.models import (
     Blob,
     DedupKey,
@@ -101,6 +102,17 @@ class NotYours(ObjectError):
 
 class BadContentType(ObjectError):
     code, status = "bad_content_type", 400
+
+
+class KeyUnusable(ObjectError):
+    code, status = "key_suspended", 503
+
+
+def _usable(binding: KeyBinding) -> None:
+    try:
+        binding_check_usable(binding)
+    except KeySuspended as exc:
+        raise KeyUnusable(str(exc)) from exc
 
 
 class ObjectShredded(ObjectError):
@@ -334,6 +346,8 @@ def _stanzas(tenant: Tenant, dek: bytes, context: dict[str, str]) -> list[Wrappe
     order = [bindings[KeyRole.PRIMARY]] + (
         [bindings[KeyRole.RECOVERY]] if KeyRole.RECOVERY in bindings else []
     )
+    for binding in order:
+        _usable(binding)
     # Recorded before the backend is asked: no data key is wrapped without its event.
     audit_record(
         "key.wrap",
@@ -818,6 +832,7 @@ def _unwrap_with_tenant_keys(
     ).order_by("role")  # "primary" sorts before "recovery"
     last_error: Exception | None = None
     for binding in bindings:
+        _usable(binding)
         backend = key_backend(binding.backend_alias)
         audit_record(
             "key.unwrap",
