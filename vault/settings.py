@@ -65,8 +65,12 @@ try:
     VAULT_KEK_CRYPTOPERIOD_DAYS = env_int(
         "VAULT_KEK_CRYPTOPERIOD_DAYS", 365, minimum=1, maximum=730
     )
+    # Wraps per key version before it is rotated: AES-GCM with random 96-bit nonces must stay
+    # far below 2^32 invocations per key (NIST SP 800-38D).
+    VAULT_KEK_MAX_WRAPS = env_int("VAULT_KEK_MAX_WRAPS", 2**26, minimum=1, maximum=2**31)
     VAULT_REWRAP_BATCH = env_int("VAULT_REWRAP_BATCH", 100, minimum=1, maximum=10_000)
     VAULT_REWRAP_RATE = env_int("VAULT_REWRAP_RATE", 0, minimum=0)
+    VAULT_CAMPAIGN_SLICES = env_int("VAULT_CAMPAIGN_SLICES", 4, minimum=1, maximum=64)
     VAULT_CAMPAIGN_LEASE_SECONDS = env_int("VAULT_CAMPAIGN_LEASE_SECONDS", 120, minimum=1)
     VAULT_CAMPAIGN_INTERVAL_SECONDS = env_int("VAULT_CAMPAIGN_INTERVAL_SECONDS", 60, minimum=1)
     # Dual control (PCI-DSS 3.6.1.2, 3.7.6): approvals from distinct custodians, never the

@@ -20,8 +20,9 @@ from tests.objects.test_objects import _client, _create, _get, _put
 from vault.crypto import envelope
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
-from vault.lifecycle.models import Campaign, CampaignState
+from vault.lifecycle.models import Campaign, CampaignSlice, CampaignState
 from vault.lifecycle.services import (
+    campaign_status,
     campaign_step,
     campaigns_run,
     key_mark_compromised,
@@ -66,10 +67,10 @@ def test_a_rotation_rewraps_every_gateway_data_key_once_and_touches_no_ciphertex
     campaign = key_rotate(tenant=client.tenant)
     assert campaign.target_version == 2
     assert campaign.total == 7
-    assert campaigns_run(worker="w1") == 1
+    assert campaigns_run(worker="w1") == campaign.slices
     campaign.refresh_from_db()
     assert campaign.state == CampaignState.COMPLETE
-    assert campaign.rewrapped == 7
+    assert campaign_status(campaign)["rewrapped"] == 7
     for version in ObjectVersion.objects.filter(object__tenant=client.tenant):
         assert _stanza_versions(bytes(version.header), binding.key_id) == [2]
         assert HeaderHistory.objects.filter(version=version).count() == 1, "rewrapped once"
@@ -147,19 +148,22 @@ def test_recovery_stanzas_stay_as_they_are(settings, tmp_path) -> None:
 
 def test_a_live_lease_keeps_other_workers_off_and_an_expired_one_does_not(settings) -> None:
     settings.VAULT_REWRAP_BATCH = 2
+    settings.VAULT_CAMPAIGN_SLICES = 1
     client = _client()
     for index in range(5):
         _put(client, _create(client, f"o{index}")["id"], b"x")
     campaign = key_rotate(tenant=client.tenant)
     assert campaign_step(campaign.pk, "first") is True
     assert campaign_step(campaign.pk, "second") is False, "the first worker holds the lease"
-    Campaign.objects.filter(pk=campaign.pk).update(lease_until=timezone.now() - timedelta(1))
+    CampaignSlice.objects.filter(campaign=campaign).update(
+        lease_until=timezone.now() - timedelta(1)
+    )
     assert campaign_step(campaign.pk, "second") is True, "an expired lease is taken over"
     while campaign_step(campaign.pk, "second"):
         pass
     campaign.refresh_from_db()
     assert campaign.state == CampaignState.COMPLETE
-    assert campaign.rewrapped == 5
+    assert campaign_status(campaign)["rewrapped"] == 5
     for version in ObjectVersion.objects.filter(object__tenant=client.tenant):
         assert HeaderHistory.objects.filter(version=version).count() == 1
 
@@ -252,3 +256,41 @@ def test_a_backend_that_cannot_rotate_answers_409(settings, tmp_path) -> None:
     response = owner.post("/api/v1/keys/campaigns/", {}, format="json")
     assert (response.status_code, response.json()["error"]["code"]) == (409, "key_cannot_rotate")
     assert not Campaign.objects.exists()
+
+
+def test_a_key_that_wrapped_its_bound_of_data_keys_is_rotated(settings) -> None:
+    client = _client()
+    obj = _create(client)["id"]
+    settings.VAULT_KEK_MAX_WRAPS = 3
+    _put(client, obj, b"1")
+    _put(client, obj, b"2")
+    assert keys_rotate_due() == 0
+    _put(client, obj, b"3")
+    assert keys_rotate_due() == 1
+    assert Campaign.objects.get(tenant=client.tenant).reason == "usage"
+
+
+def test_two_workers_share_a_campaign_slice_by_slice(settings) -> None:
+    settings.VAULT_REWRAP_BATCH = 1
+    settings.VAULT_CAMPAIGN_SLICES = 2
+    client = _client()
+    for index in range(6):
+        _put(client, _create(client, f"o{index}")["id"], b"x")
+    campaign = key_rotate(tenant=client.tenant)
+    first, second = CampaignSlice.objects.filter(campaign=campaign).order_by("number")
+    from vault.lifecycle.services import slice_step
+
+    assert slice_step(first.pk, "a") is True
+    assert slice_step(second.pk, "b") is True, "the other slice is free for another worker"
+    assert slice_step(first.pk, "b") is False, "a slice has one worker at a time"
+    while slice_step(first.pk, "a") or slice_step(second.pk, "b"):
+        pass
+    while slice_step(first.pk, "a") or slice_step(second.pk, "b"):
+        pass
+    campaign.refresh_from_db()
+    assert campaign.state == CampaignState.COMPLETE
+    shares = {p.number: p.rewrapped for p in CampaignSlice.objects.filter(campaign=campaign)}
+    assert sum(shares.values()) == 6
+    assert all(shares.values()), "both workers did part of the work"
+    for version in ObjectVersion.objects.filter(object__tenant=client.tenant):
+        assert HeaderHistory.objects.filter(version=version).count() == 1

@@ -18,6 +18,7 @@ class CampaignState(models.TextChoices):
 class CampaignReason(models.TextChoices):
     MANUAL = "manual", "Requested"
     CRYPTOPERIOD = "cryptoperiod", "Cryptoperiod ending"
+    USAGE = "usage", "Usage bound reached"
     COMPROMISED = "compromised", "Key compromised"
 
 
@@ -30,9 +31,9 @@ class Campaign(models.Model):
 
     Only the recipient stanza of that key changes, atomically per stored header (compare and
     swap), so a crash never loses or corrupts an object and a header is never rewrapped twice.
-    The campaign's own row says how far it got (``phase``, ``cursor``) and who works on it
-    (``lease_owner`` until ``lease_until``): a worker that dies leaves a lease that expires, and
-    the next scheduled run continues from the cursor.
+    The work is split into ``slices`` (stored headers by primary key modulo the slice count);
+    each slice's row says how far it got and who works on it, so several workers share a
+    campaign, and a worker that dies leaves a lease that expires.
     """
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
@@ -44,12 +45,7 @@ class Campaign(models.Model):
         max_length=20, choices=CampaignState.choices, default=CampaignState.RUNNING
     )
     total = models.BigIntegerField(default=0)
-    rewrapped = models.BigIntegerField(default=0)
-    already_current = models.BigIntegerField(default=0)
-    phase = models.CharField(max_length=20, default=PHASES[0])
-    cursor = models.BigIntegerField(default=0)
-    lease_owner = models.CharField(max_length=100, blank=True, default="")
-    lease_until = models.DateTimeField(null=True, blank=True)
+    slices = models.PositiveSmallIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
@@ -60,13 +56,29 @@ class Campaign(models.Model):
     def __str__(self) -> str:
         return f"rewrap of {self.binding} to v{self.target_version} ({self.state})"
 
-    @property
-    def progress(self) -> float:
-        """Share of the stored headers looked at so far (1.0 when complete)."""
-        if self.state != CampaignState.RUNNING:
-            return 1.0
-        seen = self.rewrapped + self.already_current
-        return min(seen / self.total, 1.0) if self.total else 0.0
+
+class CampaignSlice(models.Model):
+    """One share of a campaign: the stored headers whose primary key modulo the campaign's slice
+    count is ``number``, walked phase by phase in primary-key order."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="parts")
+    number = models.PositiveSmallIntegerField()
+    phase = models.CharField(max_length=20, default=PHASES[0])
+    cursor = models.BigIntegerField(default=0)
+    done = models.BooleanField(default=False)
+    rewrapped = models.BigIntegerField(default=0)
+    already_current = models.BigIntegerField(default=0)
+    lease_owner = models.CharField(max_length=100, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("campaign", "number")
+        constraints = [
+            models.UniqueConstraint(fields=("campaign", "number"), name="one_slice_per_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"slice {self.number} of {self.campaign}"
 
 
 class ApprovalAction(models.TextChoices):

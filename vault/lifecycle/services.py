@@ -7,11 +7,13 @@ Client-side versions are the user's (``cvault key rotate``) and are left alone. 
 stanza changes; the body and every other stanza stay as they are, and the header is replaced
 with a compare-and-swap, so a header is rewrapped at most once and a crash loses nothing.
 
-Campaigns are driven by their own row, not by the task queue: ``campaigns_run`` (the scheduled
-job ``vault.lifecycle.run_campaigns``, also under the embedded scheduler) takes the lease of a
-running campaign, does batches until it is done or its time is up, and renews the lease as it
-goes. A worker that dies leaves a lease that expires after ``VAULT_CAMPAIGN_LEASE_SECONDS``; the
-next run continues from the campaign's cursor.
+Campaigns are driven by their own rows, not by the task queue: a campaign is split into slices
+(``VAULT_CAMPAIGN_SLICES``), and ``campaigns_run`` (the scheduled job
+``vault.lifecycle.run_campaigns``, also under the embedded scheduler) takes the lease of a
+slice, does batches until it is done or its time is up, renewing the lease as it goes, then the
+next slice. Several workers share a campaign slice by slice. A worker that dies leaves a lease
+that expires after ``VAULT_CAMPAIGN_LEASE_SECONDS``; the next run continues from that slice's
+cursor.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from kms_plugins.base import KeyBackend
@@ -34,7 +36,7 @@ from vault.audit.services import audit_record
 from vault.crypto import envelope
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
-from vault.lifecycle.models import PHASES, Campaign, CampaignReason, CampaignState
+from vault.lifecycle.models import PHASES, Campaign, CampaignReason, CampaignSlice, CampaignState
 from vault.objects.models import Blob, DedupKey, HeaderHistory, ObjectVersion
 from vault.objects.services import blob_context, version_context
 from vault.tenants.models import Tenant
@@ -143,7 +145,7 @@ def key_rotate(
         ref = backend.rotate(binding.key_id)
         now = timezone.now()
         Campaign.objects.filter(binding=binding, state=CampaignState.RUNNING).update(
-            state=CampaignState.SUPERSEDED, finished_at=now, lease_owner="", lease_until=None
+            state=CampaignState.SUPERSEDED, finished_at=now
         )
         campaign = Campaign.objects.create(
             tenant=tenant,
@@ -152,6 +154,10 @@ def key_rotate(
             reason=reason,
             priority=0 if reason == CampaignReason.COMPROMISED else 10,
             total=_stored_headers(tenant),
+            slices=settings.VAULT_CAMPAIGN_SLICES,
+        )
+        CampaignSlice.objects.bulk_create(
+            CampaignSlice(campaign=campaign, number=n) for n in range(campaign.slices)
         )
     logger.info("tenant %s: %s key rotated to version %d", tenant.slug, role, ref.version)
     if not settings.CELERY_TASK_ALWAYS_EAGER:
@@ -187,10 +193,20 @@ def key_mark_compromised(*, tenant: Tenant, role: str = KeyRole.PRIMARY) -> Camp
     return key_rotate(tenant=tenant, role=role, reason=CampaignReason.COMPROMISED)
 
 
+def wraps_since(tenant: Tenant, moment: datetime) -> int:
+    """Data keys the tenant's keys wrapped since ``moment``, counted from the audit log (each
+    ``key.wrap`` event is one data key wrapped by each of the tenant's wrapping keys)."""
+    from vault.audit.models import AuditEvent
+    from vault.audit.services import log_of
+
+    return AuditEvent.objects.filter(log=log_of(tenant), type="key.wrap", time__gte=moment).count()
+
+
 def keys_rotate_due(*, now: datetime | None = None) -> int:
     """Rotate every wrapping key whose current version is older than its cryptoperiod
     (``VAULT_KEK_CRYPTOPERIOD_DAYS``; NIST SP 800-57 allows a key-encryption key at most two
-    years of originator use). Returns how many keys were rotated."""
+    years of originator use), or has wrapped ``VAULT_KEK_MAX_WRAPS`` data keys. Returns how many
+    keys were rotated."""
     moment = now or timezone.now()
     limit = timedelta(days=settings.VAULT_KEK_CRYPTOPERIOD_DAYS)
     rotated = 0
@@ -207,11 +223,15 @@ def keys_rotate_due(*, now: datetime | None = None) -> int:
             continue
         born = (primary.activated or primary.created) if primary else None
         born = born or binding.created_at
-        if moment - born < limit:
-            continue
         assert binding.tenant is not None  # noqa: S101  (filtered above)
+        if moment - born >= limit:
+            reason = CampaignReason.CRYPTOPERIOD
+        elif wraps_since(binding.tenant, born) >= settings.VAULT_KEK_MAX_WRAPS:
+            reason = CampaignReason.USAGE
+        else:
+            continue
         try:
-            key_rotate(tenant=binding.tenant, role=binding.role, reason=CampaignReason.CRYPTOPERIOD)
+            key_rotate(tenant=binding.tenant, role=binding.role, reason=reason)
             rotated += 1
         except Exception:
             logger.exception("%s is past its cryptoperiod but could not be rotated", binding)
@@ -250,45 +270,55 @@ def _rewrap_header(
     return envelope.replace_stanzas(header, stanzas, dek=dek)
 
 
-def _lease(campaign_id: int, worker: str) -> Campaign | None:
-    """Take or renew the campaign's lease; None if it is finished or another worker holds it."""
+def _lease(slice_id: int, worker: str) -> CampaignSlice | None:
+    """Take or renew a slice's lease; None if it is done, its campaign is not running, or
+    another worker holds it."""
     now = timezone.now()
     with transaction.atomic():
-        campaign = (
-            Campaign.objects.select_for_update()
-            .select_related("binding", "tenant")
-            .filter(pk=campaign_id, state=CampaignState.RUNNING)
+        part = (
+            CampaignSlice.objects.select_for_update()
+            .select_related("campaign__binding", "campaign__tenant")
+            .filter(pk=slice_id, done=False, campaign__state=CampaignState.RUNNING)
             .first()
         )
-        if campaign is None:
+        if part is None:
             return None
-        held = campaign.lease_until is not None and campaign.lease_until > now
-        if held and campaign.lease_owner != worker:
+        held = part.lease_until is not None and part.lease_until > now
+        if held and part.lease_owner != worker:
             return None
-        campaign.lease_owner = worker
-        campaign.lease_until = now + timedelta(seconds=settings.VAULT_CAMPAIGN_LEASE_SECONDS)
-        campaign.save(update_fields=["lease_owner", "lease_until"])
-        return campaign
+        part.lease_owner = worker
+        part.lease_until = now + timedelta(seconds=settings.VAULT_CAMPAIGN_LEASE_SECONDS)
+        part.save(update_fields=["lease_owner", "lease_until"])
+        return part
 
 
-def campaign_step(campaign_id: int, worker: str) -> bool:
-    """Rewrap one batch of a campaign. Returns whether there is more to do for this worker.
+def _in_slice(queryset: Any, part: CampaignSlice) -> Any:
+    if part.campaign.slices == 1:
+        return queryset
+    return queryset.annotate(_slice=models.F("pk") % part.campaign.slices).filter(
+        _slice=part.number
+    )
+
+
+def slice_step(slice_id: int, worker: str) -> bool:
+    """Rewrap one batch of a slice. Returns whether there is more to do for this worker.
 
     Raises:
         AuditUnavailable, KeyBackendError: the batch did not happen (headers already replaced
             stay replaced; the cursor did not move, so the batch is looked at again).
     """
-    campaign = _lease(campaign_id, worker)
-    if campaign is None:
+    part = _lease(slice_id, worker)
+    if part is None:
         return False
-    source = SOURCES[campaign.phase]
+    campaign = part.campaign
+    source = SOURCES[part.phase]
     batch = list(
-        source.queryset(campaign.tenant)
-        .filter(pk__gt=campaign.cursor)
+        _in_slice(source.queryset(campaign.tenant), part)
+        .filter(pk__gt=part.cursor)
         .order_by("pk")[: settings.VAULT_REWRAP_BATCH]
     )
     if not batch:
-        return _next_phase(campaign, worker)
+        return _next_phase(part, worker)
     binding = campaign.binding
     backend = key_backend(binding.backend_alias)
     # One event per batch, before any data key is unwrapped: a batch that cannot be recorded
@@ -300,7 +330,8 @@ def campaign_step(campaign_id: int, worker: str) -> bool:
         resource_id=binding.key_id,
         details={
             "campaign": campaign.pk,
-            "phase": campaign.phase,
+            "slice": part.number,
+            "phase": part.phase,
             "first": batch[0].pk,
             "last": batch[-1].pk,
             "count": len(batch),
@@ -330,10 +361,8 @@ def campaign_step(campaign_id: int, worker: str) -> bool:
         else:
             current += 1
     with transaction.atomic():
-        locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        if locked.state != CampaignState.RUNNING:
-            return False  # superseded meanwhile; the new campaign covers the rest
-        if locked.phase == campaign.phase:
+        locked = CampaignSlice.objects.select_for_update().get(pk=part.pk)
+        if locked.phase == part.phase:
             locked.cursor = max(locked.cursor, batch[-1].pk)
         locked.rewrapped += rewrapped
         locked.already_current += current
@@ -342,34 +371,50 @@ def campaign_step(campaign_id: int, worker: str) -> bool:
     return True
 
 
-def _next_phase(campaign: Campaign, worker: str) -> bool:
+def _next_phase(part: CampaignSlice, worker: str) -> bool:
     with transaction.atomic():
-        locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        if locked.state != CampaignState.RUNNING or locked.lease_owner != worker:
+        locked = CampaignSlice.objects.select_for_update().get(pk=part.pk)
+        if locked.done or locked.lease_owner != worker:
             return False
         index = PHASES.index(locked.phase)
         if index + 1 < len(PHASES):
             locked.phase, locked.cursor = PHASES[index + 1], 0
             locked.save(update_fields=["phase", "cursor"])
             return True
-        locked.state = CampaignState.COMPLETE
-        locked.finished_at = timezone.now()
+        locked.done = True
         locked.lease_owner, locked.lease_until = "", None
-        locked.save(update_fields=["state", "finished_at", "lease_owner", "lease_until"])
+        locked.save(update_fields=["done", "lease_owner", "lease_until"])
+        campaign = Campaign.objects.select_for_update().get(pk=locked.campaign_id)
+        if campaign.state != CampaignState.RUNNING or campaign.parts.filter(done=False).exists():
+            return False
+        campaign.state = CampaignState.COMPLETE
+        campaign.finished_at = timezone.now()
+        campaign.save(update_fields=["state", "finished_at"])
+        status = campaign_status(campaign)
         audit_record(
             "key.rewrap",
-            tenant=locked.tenant,
+            tenant=campaign.tenant,
             resource_type="key",
-            resource_id=locked.binding.key_id,
+            resource_id=part.campaign.binding.key_id,
             details={
-                "campaign": locked.pk,
+                "campaign": campaign.pk,
                 "complete": True,
-                "rewrapped": locked.rewrapped,
-                "already_current": locked.already_current,
-                "target_version": locked.target_version,
+                "rewrapped": status["rewrapped"],
+                "already_current": status["already_current"],
+                "target_version": campaign.target_version,
             },
         )
-    logger.info("campaign %d complete: %d rewrapped", locked.pk, locked.rewrapped)
+    logger.info("campaign %d complete: %d rewrapped", campaign.pk, status["rewrapped"])
+    return False
+
+
+def campaign_step(campaign_id: int, worker: str) -> bool:
+    """One batch of any slice of the campaign this worker may work on; whether there is more."""
+    for slice_id in CampaignSlice.objects.filter(
+        campaign_id=campaign_id, done=False, campaign__state=CampaignState.RUNNING
+    ).values_list("pk", flat=True):
+        if slice_step(slice_id, worker):
+            return True
     return False
 
 
@@ -381,20 +426,22 @@ def _pace(count: int) -> None:
 
 
 def campaigns_run(*, worker: str | None = None, max_seconds: float = 50.0) -> int:
-    """Work on running campaigns, compromised keys first, for at most about ``max_seconds``.
+    """Work on running campaigns, compromised keys first, for at most about ``max_seconds``:
+    slice after slice, each under its own lease, so that several workers share a campaign.
 
-    Returns how many campaigns were completed or handed back unfinished (0 when none ran).
+    Returns how many slices this worker worked on (0 when none was free).
     """
     name = worker or f"{os.uname().nodename}:{os.getpid()}"
     deadline = time.monotonic() + max_seconds
     touched = 0
-    for campaign_id in Campaign.objects.filter(state=CampaignState.RUNNING).values_list(
-        "pk", flat=True
-    ):
+    slices = CampaignSlice.objects.filter(done=False, campaign__state=CampaignState.RUNNING)
+    for slice_id, campaign_id in slices.order_by(
+        "campaign__priority", "campaign__created_at", "number"
+    ).values_list("pk", "campaign_id"):
         worked = False
         while time.monotonic() < deadline:
             try:
-                more = campaign_step(campaign_id, name)
+                more = slice_step(slice_id, name)
             except Exception as exc:
                 logger.exception("campaign %d: a batch failed; it is retried", campaign_id)
                 Campaign.objects.filter(pk=campaign_id).update(last_error=str(exc)[:500])
@@ -410,6 +457,15 @@ def campaigns_run(*, worker: str | None = None, max_seconds: float = 50.0) -> in
 
 def campaign_status(campaign: Campaign) -> dict[str, Any]:
     """What the API and ``key_rotation_status`` show of a campaign."""
+    totals = campaign.parts.aggregate(
+        rewrapped=models.Sum("rewrapped"), current=models.Sum("already_current")
+    )
+    rewrapped, current = totals["rewrapped"] or 0, totals["current"] or 0
+    if campaign.state != CampaignState.RUNNING:
+        progress = 1.0
+    else:
+        progress = min((rewrapped + current) / campaign.total, 1.0) if campaign.total else 0.0
+    phases = sorted(set(campaign.parts.filter(done=False).values_list("phase", flat=True)))
     return {
         "id": campaign.pk,
         "key": campaign.binding.key_id,
@@ -418,10 +474,11 @@ def campaign_status(campaign: Campaign) -> dict[str, Any]:
         "reason": campaign.reason,
         "state": campaign.state,
         "total": campaign.total,
-        "rewrapped": campaign.rewrapped,
-        "already_current": campaign.already_current,
-        "progress": round(campaign.progress, 4),
-        "phase": campaign.phase,
+        "rewrapped": rewrapped,
+        "already_current": current,
+        "progress": round(progress, 4),
+        "phase": ",".join(phases) or "done",
+        "slices": campaign.slices,
         "created_at": campaign.created_at,
         "finished_at": campaign.finished_at,
         "last_error": campaign.last_error,
