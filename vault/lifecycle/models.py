@@ -31,7 +31,7 @@ class Campaign(models.Model):
 
     Only the recipient stanza of that key changes, atomically per stored header (compare and
     swap), so a crash never loses or corrupts an object and a header is never rewrapped twice.
-    The work is split into ``slices`` (stored headers by primary key modulo the slice count);
+    The work is split into ``slices`` (contiguous ranges of the stored headers' primary keys);
     each slice's row says how far it got and who works on it, so several workers share a
     campaign, and a worker that dies leaves a lease that expires.
     """
@@ -46,6 +46,8 @@ class Campaign(models.Model):
     )
     total = models.BigIntegerField(default=0)
     slices = models.PositiveSmallIntegerField(default=1)
+    # Per phase, the lowest and highest primary key of the headers when it started.
+    bounds = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
@@ -58,8 +60,8 @@ class Campaign(models.Model):
 
 
 class CampaignSlice(models.Model):
-    """One share of a campaign: the stored headers whose primary key modulo the campaign's slice
-    count is ``number``, walked phase by phase in primary-key order."""
+    """One share of a campaign: in each phase, the ``number``-th of ``slices`` equal ranges of
+    primary keys, walked in primary-key order."""
 
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="parts")
     number = models.PositiveSmallIntegerField()

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from kms_plugins.base import KeyBackend
@@ -155,6 +155,7 @@ def key_rotate(
             priority=0 if reason == CampaignReason.COMPROMISED else 10,
             total=_stored_headers(tenant),
             slices=settings.VAULT_CAMPAIGN_SLICES,
+            bounds=_bounds(tenant),
         )
         CampaignSlice.objects.bulk_create(
             CampaignSlice(campaign=campaign, number=n) for n in range(campaign.slices)
@@ -267,7 +268,8 @@ def _rewrap_header(
     stanzas[position] = backend.wrap(binding.key_id, dek, context)
     if stanzas[position].key.version < target:
         raise CannotRotate("the backend wrapped under an older version than the rotation's")
-    return envelope.replace_stanzas(header, stanzas, dek=dek)
+    # ``unwrap_dek`` checked the key against the header's commitment already.
+    return envelope.replace_stanzas(header, stanzas)
 
 
 def _lease(slice_id: int, worker: str) -> CampaignSlice | None:
@@ -292,12 +294,27 @@ def _lease(slice_id: int, worker: str) -> CampaignSlice | None:
         return part
 
 
+def _bounds(tenant: Tenant) -> dict[str, list[int]]:
+    """For each phase, the lowest and highest primary key of the headers there are now.
+
+    Headers made later were wrapped under the new version already and need no rewrap.
+    """
+    found = {}
+    for phase, source in SOURCES.items():
+        span = source.queryset(tenant).aggregate(lo=models.Min("pk"), hi=models.Max("pk"))
+        found[phase] = [span["lo"] or 0, span["hi"] or 0]
+    return found
+
+
 def _in_slice(queryset: Any, part: CampaignSlice) -> Any:
-    if part.campaign.slices == 1:
-        return queryset
-    return queryset.annotate(_slice=models.F("pk") % part.campaign.slices).filter(
-        _slice=part.number
-    )
+    """The slice's share of a phase: a contiguous range of primary keys (so it reads by index)."""
+    lo, hi = part.campaign.bounds.get(part.phase, [0, 0])
+    if hi == 0:
+        return queryset.none()
+    count = part.campaign.slices
+    width = (hi - lo) // count + 1
+    start = lo + part.number * width
+    return queryset.filter(pk__gte=start, pk__lt=start + width, pk__lte=hi)
 
 
 def slice_step(slice_id: int, worker: str) -> bool:
@@ -338,7 +355,10 @@ def slice_step(slice_id: int, worker: str) -> bool:
             "target_version": campaign.target_version,
         },
     )
-    rewrapped = current = 0
+    # The backend's work first, then one transaction for the whole batch: each header still
+    # changes atomically, and a crash before the commit leaves the batch to be done again.
+    changes = []
+    current = 0
     for item in batch:
         old = bytes(item.header)
         new = _rewrap_header(
@@ -350,17 +370,34 @@ def slice_step(slice_id: int, worker: str) -> bool:
         )
         if new is None:
             current += 1
-            continue
-        with transaction.atomic():
-            # Compare and swap: a header changed meanwhile (by another worker) is left alone.
-            changed = source.model.objects.filter(pk=item.pk, header=old).update(header=new)
-            if changed and source.keeps_history:
-                HeaderHistory.objects.create(version=item, header=old)
-        if changed:
-            rewrapped += 1
         else:
-            current += 1
+            changes.append((item, old, new))
+    rewrapped = 0
     with transaction.atomic():
+        # Compare and swap, for the whole batch at once: the rows are locked, and a header that
+        # changed since it was read (another worker's rewrap) is left alone.
+        wanted = {item.pk: (item, old, new) for item, old, new in changes}
+        locked_rows = source.model.objects.select_for_update().filter(pk__in=list(wanted))
+        updated = []
+        history = []
+        for pk, header in locked_rows.values_list("pk", "header"):
+            item, old, new = wanted[pk]
+            if bytes(header) != old:
+                current += 1
+                continue
+            item.header = new
+            updated.append(item)
+            if source.keeps_history:
+                history.append(HeaderHistory(version=item, header=old))
+        if updated:
+            table = connection.ops.quote_name(source.model._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    f"UPDATE {table} SET header = %s WHERE id = %s",  # noqa: S608
+                    [(item.header, item.pk) for item in updated],
+                )
+        rewrapped = len(updated)
+        HeaderHistory.objects.bulk_create(history)
         locked = CampaignSlice.objects.select_for_update().get(pk=part.pk)
         if locked.phase == part.phase:
             locked.cursor = max(locked.cursor, batch[-1].pk)
