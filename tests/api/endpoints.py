@@ -169,6 +169,7 @@ def _tenant_unchanged_elsewhere(response: Any, world: World) -> None:
     _tenant_is_mine(response, world)
     world.other.tenant.refresh_from_db()
     assert not world.other.tenant.deduplicate
+    assert response.json()["deduplicate"] is False
 
 
 def _integrate(world: World) -> bool:
@@ -348,7 +349,7 @@ ENDPOINTS = [
         "PATCH",
         OWNERS,
         200,
-        payload=lambda w, s, r: {"deduplicate": True},
+        payload=lambda w, s, r: {"deduplicate": False},
         check_scope=_tenant_unchanged_elsewhere,
     ),
     Endpoint("v1:member-list", "GET", READERS, 200, check_scope=_members_are_mine),

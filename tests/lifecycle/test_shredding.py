@@ -28,7 +28,7 @@ from vault.lifecycle.approvals import approvals_due
 from vault.lifecycle.models import ApprovalRequest, RequestState
 from vault.objects.models import ObjectVersion
 from vault.objects.services import version_context
-from vault.tenants.models import Role
+from vault.tenants.models import Membership, Role
 
 pytestmark = pytest.mark.django_db
 
@@ -202,3 +202,49 @@ def test_only_custodians_and_owners_acting_as_people_take_part() -> None:
         "/api/v1/approvals/", {"action": "key.destroy", "reason": "x"}, format="json"
     )
     assert (answer.status_code, answer.json()["error"]["code"]) == (403, "not_a_custodian")
+
+
+def test_loosening_the_policy_and_adding_an_owner_need_two_approvals(settings) -> None:
+    tenant, people = _team()
+    owner = people["owner"]
+    assert owner.patch("/api/v1/tenant/", {"deduplicate": True}, format="json").status_code == 409
+    direct = owner.post(
+        "/api/v1/members/", {"email": "boss@x.example", "role": "owner"}, format="json"
+    )
+    assert (direct.status_code, direct.json()["error"]["code"]) == (409, "dual_control_required")
+    member_id = Membership.objects.get(user__email=people["member"].user_email).pk
+    promote = owner.patch(f"/api/v1/members/{member_id}/", {"role": "owner"}, format="json")
+    assert promote.status_code == 409
+
+    loosen = owner.post(
+        "/api/v1/approvals/",
+        {
+            "action": "tenant.policy.loosen",
+            "reason": "storage costs",
+            "params": {"deduplicate": True},
+        },
+        format="json",
+    )
+    assert loosen.status_code == 201, loosen.content
+    _decide(people["c1"], loosen.json()["id"])
+    tenant.refresh_from_db()
+    assert tenant.deduplicate is False, "one approval is not enough"
+    assert _decide(people["c2"], loosen.json()["id"]).json()["state"] == "executed"
+    tenant.refresh_from_db()
+    assert tenant.deduplicate is True
+
+    add = people["c1"].post(
+        "/api/v1/approvals/",
+        {"action": "member.owner.add", "reason": "new CFO", "params": {"email": "boss@x.example"}},
+        format="json",
+    )
+    assert add.status_code == 201
+    _decide(people["owner"], add.json()["id"])
+    _decide(people["c2"], add.json()["id"])
+    assert Membership.objects.get(tenant=tenant, user__email="boss@x.example").role == Role.OWNER
+    bad = owner.post(
+        "/api/v1/approvals/",
+        {"action": "member.owner.add", "reason": "x", "params": {}},
+        format="json",
+    )
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_parameters")

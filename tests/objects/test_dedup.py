@@ -17,16 +17,16 @@ from vault.crypto import envelope
 from vault.objects.models import Blob, ObjectVersion, StoredObject
 from vault.objects.services import objects_purge_deleted
 from vault.tenants.models import Role
+from vault.tenants.services import tenant_update
 
 pytestmark = pytest.mark.django_db
 
 
 def _dedup_client(**kwargs) -> APIClient:
+    """A member of a tenant with deduplication on (turned on here directly; over the API it
+    needs two approvals: tests/lifecycle/test_shredding.py)."""
     client = _client(**kwargs)
-    owner = _client(role=Role.OWNER, tenant=client.tenant)
-    response = owner.patch("/api/v1/tenant/", {"deduplicate": True}, format="json")
-    assert response.status_code == 200, response.content
-    assert response.json()["deduplicate"] is True
+    tenant_update(tenant=client.tenant, deduplicate=True)
     client.tenant.refresh_from_db()
     return client
 
@@ -129,7 +129,8 @@ def test_the_spool_is_gone_after_the_upload_and_turning_deduplication_off_works(
     _put(client, obj, MARKER * 10)
     assert [p.parent.name for p in _stored_files(client.tenant.pk)] == ["blobs"]
     owner = _client(role=Role.OWNER, tenant=client.tenant)
-    assert owner.patch("/api/v1/tenant/", {"deduplicate": False}, format="json").status_code == 200
+    tightened = owner.patch("/api/v1/tenant/", {"deduplicate": False}, format="json")
+    assert tightened.status_code == 200, "tightening needs no approvals"
     _put(client, obj, MARKER * 10)
     latest = StoredObject.objects.get(pk=obj).versions.order_by("-number").first()
     assert latest is not None
@@ -138,9 +139,12 @@ def test_the_spool_is_gone_after_the_upload_and_turning_deduplication_off_works(
     assert _get(client, obj, QUERY_STRING="version=1")[1] == MARKER * 10
 
 
-def test_only_owners_change_the_tenant_settings() -> None:
+def test_only_owners_change_the_tenant_settings_and_loosening_needs_approvals() -> None:
     member = _client()
     response = member.patch("/api/v1/tenant/", {"deduplicate": True}, format="json")
     assert response.status_code == 403
+    owner = _client(role=Role.OWNER, tenant=member.tenant)
+    alone = owner.patch("/api/v1/tenant/", {"deduplicate": True}, format="json")
+    assert (alone.status_code, alone.json()["error"]["code"]) == (409, "dual_control_required")
     member.tenant.refresh_from_db()
     assert member.tenant.deduplicate is False

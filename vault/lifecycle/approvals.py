@@ -1,6 +1,8 @@
 """Dual control and crypto-shredding.
 
-An action under dual control is requested by a custodian (or an owner) and runs only after
+Actions under dual control: destroying the tenant's keys, making someone an owner, and loosening
+the tenant's policy (turning deduplication on). One is requested by a custodian (or an owner)
+and runs only after
 ``required`` approvals (``VAULT_APPROVALS_REQUIRED``, at least 2) from other custodians or owners:
 the requester can neither approve their own request nor anyone approve twice, and one denial
 ends the request. Requests expire after ``VAULT_APPROVAL_HOURS``. Every step is an audit event.
@@ -42,6 +44,7 @@ from vault.lifecycle.models import (
 from vault.lifecycle.services import LifecycleError
 from vault.objects.models import StoredObject
 from vault.tenants.models import Membership, Role, Tenant
+from vault.tenants.services import member_add, member_set_role, tenant_update
 
 logger = logging.getLogger(__name__)
 CUSTODIANS = (Role.CUSTODIAN, Role.OWNER)
@@ -66,6 +69,27 @@ class NotPending(LifecycleError):
 
 class AlreadyShredded(LifecycleError):
     code, status = "tenant_shredded", 410
+
+
+class BadParameters(LifecycleError):
+    code, status = "invalid_parameters", 400
+
+
+def _checked_params(action: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters an action needs, checked now so that an approved request can run."""
+    params = dict(params or {})
+    if action == ApprovalAction.OWNER_ADD:
+        email = str(params.get("email") or "").strip().lower()
+        if "@" not in email or len(email) > 254 or set(params) != {"email"}:
+            raise BadParameters("member.owner.add needs {'email': the person's address}")
+        return {"email": email}
+    if action == ApprovalAction.POLICY_LOOSEN:
+        if params != {"deduplicate": True}:
+            raise BadParameters("tenant.policy.loosen needs {'deduplicate': true}")
+        return params
+    if params:
+        raise BadParameters(f"{action} takes no parameters")
+    return {}
 
 
 def _custodian(tenant: Tenant, user: User | None) -> User:
@@ -98,13 +122,14 @@ def approval_request(
         AlreadyShredded: the tenant's keys are already destroyed.
     """
     requester = _custodian(tenant, user)
+    params = _checked_params(action, params)
     if action == ApprovalAction.KEY_DESTROY and tenant.shredded_at is not None:
         raise AlreadyShredded("the tenant's keys were destroyed already")
     with transaction.atomic():
         request = ApprovalRequest.objects.create(
             tenant=tenant,
             action=action,
-            params=params or {},
+            params=params,
             reason=reason,
             requested_by=requester,
             expires_at=timezone.now() + timedelta(hours=settings.VAULT_APPROVAL_HOURS),
@@ -230,12 +255,24 @@ def approval_execute(*, request: ApprovalRequest, now: datetime | None = None) -
     if locked.action == ApprovalAction.KEY_DESTROY:
         tenant_shred(request=locked)
     with transaction.atomic():
+        if locked.action == ApprovalAction.OWNER_ADD:
+            _make_owner(locked.tenant, locked.params["email"])
+        elif locked.action == ApprovalAction.POLICY_LOOSEN:
+            tenant_update(tenant=locked.tenant, deduplicate=True)
         ApprovalRequest.objects.filter(pk=locked.pk).update(
             state=RequestState.EXECUTED, finished_at=timezone.now(), last_error=""
         )
         _audit("approval.execute", locked)
     locked.refresh_from_db()
     return locked
+
+
+def _make_owner(tenant: Tenant, email: str) -> None:
+    membership = Membership.objects.filter(tenant=tenant, user__email=email).first()
+    if membership is None:
+        member_add(tenant=tenant, email=email, role=Role.OWNER)
+    elif membership.role != Role.OWNER:
+        member_set_role(membership=membership, role=Role.OWNER)
 
 
 # --- crypto-shredding ---------------------------------------------------------------------------

@@ -85,6 +85,8 @@ class CampaignSlice(models.Model):
 
 class ApprovalAction(models.TextChoices):
     KEY_DESTROY = "key.destroy", "Destroy the tenant's keys (crypto-shred its gateway objects)"
+    OWNER_ADD = "member.owner.add", "Make a person an owner of the tenant"
+    POLICY_LOOSEN = "tenant.policy.loosen", "Loosen the tenant's policy (turn deduplication on)"
 
 
 class RequestState(models.TextChoices):

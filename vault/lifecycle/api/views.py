@@ -130,6 +130,7 @@ class ApprovalRequestSerializer(serializers.ModelSerializer[ApprovalRequest]):
         fields = (
             "id",
             "action",
+            "params",
             "reason",
             "state",
             "required",
@@ -152,6 +153,11 @@ class ApprovalRequestSerializer(serializers.ModelSerializer[ApprovalRequest]):
 class ApprovalRequestCreateSerializer(serializers.Serializer[Any]):
     action = serializers.ChoiceField(choices=ApprovalAction.choices)
     reason = serializers.CharField(max_length=2000)
+    params = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text='member.owner.add: {"email": ...}; tenant.policy.loosen: {"deduplicate": true}',
+    )
 
 
 class DecisionSerializer(serializers.Serializer[Any]):
@@ -196,7 +202,7 @@ class ApprovalRequestViewSet(
                 user=self.principal.user,
                 action=incoming.validated_data["action"],
                 reason=incoming.validated_data["reason"],
-                params={},
+                params=incoming.validated_data["params"],
             )
         except services.LifecycleError as exc:
             raise _lifecycle_error(exc) from exc

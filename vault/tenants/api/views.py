@@ -31,6 +31,13 @@ CONFLICT = OpenApiResponse(
 )
 
 
+def _dual_control(action: str, what: str) -> Conflict:
+    return Conflict(
+        f'{what} needs approvals: request it with POST /api/v1/approvals/ (action "{action}")',
+        code="dual_control_required",
+    )
+
+
 class TenantView(TenantScopedMixin, GenericAPIView[Any]):
     """The caller's tenant."""
 
@@ -45,6 +52,8 @@ class TenantView(TenantScopedMixin, GenericAPIView[Any]):
         """Change the tenant's settings (owners)."""
         incoming = TenantUpdateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
+        if incoming.validated_data["deduplicate"] and not self.tenant.deduplicate:
+            raise _dual_control("tenant.policy.loosen", "turning deduplication on")
         tenant = services.tenant_update(tenant=self.tenant, **incoming.validated_data)
         return Response(TenantSerializer(tenant).data)
 
@@ -78,6 +87,8 @@ class MembershipViewSet(
     def create(self, request: Request) -> Response:
         incoming = MembershipCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
+        if incoming.validated_data["role"] == Role.OWNER:
+            raise _dual_control("member.owner.add", "making someone an owner")
         try:
             membership, _ = services.member_add(
                 tenant=self.tenant,
@@ -98,6 +109,8 @@ class MembershipViewSet(
         membership = self.get_object()
         incoming = MembershipUpdateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
+        if incoming.validated_data["role"] == Role.OWNER and membership.role != Role.OWNER:
+            raise _dual_control("member.owner.add", "making someone an owner")
         try:
             services.member_set_role(membership=membership, role=incoming.validated_data["role"])
         except services.LastOwner as exc:
