@@ -6,107 +6,268 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('keys', '0002_keybinding_suspended_at_keybinding_suspended_reason'),
-        ('tenants', '0003_tenant_shredded_at'),
+        ("keys", "0002_keybinding_suspended_at_keybinding_suspended_reason"),
+        ("tenants", "0003_tenant_shredded_at"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ApprovalRequest',
+            name="ApprovalRequest",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('action', models.CharField(choices=[('key.destroy', "Destroy the tenant's keys (crypto-shred its gateway objects)"), ('member.owner.add', 'Make a person an owner of the tenant'), ('tenant.policy.loosen', "Loosen the tenant's policy (turn deduplication on)")], max_length=40)),
-                ('params', models.JSONField(blank=True, default=dict)),
-                ('reason', models.TextField()),
-                ('requested_at', models.DateTimeField(auto_now_add=True)),
-                ('expires_at', models.DateTimeField()),
-                ('required', models.PositiveSmallIntegerField()),
-                ('state', models.CharField(choices=[('pending', 'Waiting for approvals'), ('approved', 'Approved; waiting for the end of the waiting period'), ('executed', 'Done'), ('denied', 'Denied'), ('expired', 'Expired before enough approvals'), ('cancelled', 'Cancelled')], default='pending', max_length=20)),
-                ('approved_at', models.DateTimeField(blank=True, null=True)),
-                ('not_before', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True, default='')),
-                ('finished_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('requested_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[
+                            (
+                                "key.destroy",
+                                "Destroy the tenant's keys (crypto-shred its gateway objects)",
+                            ),
+                            ("member.owner.add", "Make a person an owner of the tenant"),
+                            (
+                                "tenant.policy.loosen",
+                                "Loosen the tenant's policy (turn deduplication on)",
+                            ),
+                        ],
+                        max_length=40,
+                    ),
+                ),
+                ("params", models.JSONField(blank=True, default=dict)),
+                ("reason", models.TextField()),
+                ("requested_at", models.DateTimeField(auto_now_add=True)),
+                ("expires_at", models.DateTimeField()),
+                ("required", models.PositiveSmallIntegerField()),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Waiting for approvals"),
+                            ("approved", "Approved; waiting for the end of the waiting period"),
+                            ("executed", "Done"),
+                            ("denied", "Denied"),
+                            ("expired", "Expired before enough approvals"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="pending",
+                        max_length=20,
+                    ),
+                ),
+                ("approved_at", models.DateTimeField(blank=True, null=True)),
+                ("not_before", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True, default="")),
+                (
+                    "finished_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "requested_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ('-requested_at', '-pk'),
+                "ordering": ("-requested_at", "-pk"),
             },
         ),
         migrations.CreateModel(
-            name='Campaign',
+            name="Campaign",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('target_version', models.PositiveIntegerField()),
-                ('reason', models.CharField(choices=[('manual', 'Requested'), ('cryptoperiod', 'Cryptoperiod ending'), ('usage', 'Usage bound reached'), ('compromised', 'Key compromised')], max_length=20)),
-                ('priority', models.SmallIntegerField(default=10)),
-                ('state', models.CharField(choices=[('running', 'Running'), ('complete', 'Complete'), ('superseded', 'Superseded by a later rotation')], default='running', max_length=20)),
-                ('total', models.BigIntegerField(default=0)),
-                ('slices', models.PositiveSmallIntegerField(default=1)),
-                ('bounds', models.JSONField(default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error', models.TextField(blank=True, default='')),
-                ('binding', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='campaigns', to='keys.keybinding')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("target_version", models.PositiveIntegerField()),
+                (
+                    "reason",
+                    models.CharField(
+                        choices=[
+                            ("manual", "Requested"),
+                            ("cryptoperiod", "Cryptoperiod ending"),
+                            ("usage", "Usage bound reached"),
+                            ("compromised", "Key compromised"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("priority", models.SmallIntegerField(default=10)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("complete", "Complete"),
+                            ("superseded", "Superseded by a later rotation"),
+                        ],
+                        default="running",
+                        max_length=20,
+                    ),
+                ),
+                ("total", models.BigIntegerField(default=0)),
+                ("slices", models.PositiveSmallIntegerField(default=1)),
+                ("bounds", models.JSONField(default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error", models.TextField(blank=True, default="")),
+                (
+                    "binding",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="campaigns",
+                        to="keys.keybinding",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ('priority', 'created_at', 'pk'),
+                "ordering": ("priority", "created_at", "pk"),
             },
         ),
         migrations.CreateModel(
-            name='DestructionCertificate',
+            name="DestructionCertificate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('body', models.BinaryField()),
-                ('signature', models.TextField()),
-                ('signing_key', models.TextField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('request', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='certificate', to='lifecycle.approvalrequest')),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("body", models.BinaryField()),
+                ("signature", models.TextField()),
+                ("signing_key", models.TextField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "request",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="certificate",
+                        to="lifecycle.approvalrequest",
+                    ),
+                ),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ('-created_at',),
+                "ordering": ("-created_at",),
             },
         ),
         migrations.CreateModel(
-            name='Approval',
+            name="Approval",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('decision', models.CharField(choices=[('approve', 'Approve'), ('deny', 'Deny')], max_length=10)),
-                ('reason', models.TextField(blank=True, default='')),
-                ('decided_at', models.DateTimeField(auto_now_add=True)),
-                ('approver', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('request', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='votes', to='lifecycle.approvalrequest')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "decision",
+                    models.CharField(
+                        choices=[("approve", "Approve"), ("deny", "Deny")], max_length=10
+                    ),
+                ),
+                ("reason", models.TextField(blank=True, default="")),
+                ("decided_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "approver",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "request",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="votes",
+                        to="lifecycle.approvalrequest",
+                    ),
+                ),
             ],
             options={
-                'ordering': ('request', 'decided_at'),
-                'constraints': [models.UniqueConstraint(fields=('request', 'approver'), name='one_vote_per_person')],
+                "ordering": ("request", "decided_at"),
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("request", "approver"), name="one_vote_per_person"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='CampaignSlice',
+            name="CampaignSlice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveSmallIntegerField()),
-                ('phase', models.CharField(default='versions', max_length=20)),
-                ('cursor', models.BigIntegerField(default=0)),
-                ('done', models.BooleanField(default=False)),
-                ('rewrapped', models.BigIntegerField(default=0)),
-                ('already_current', models.BigIntegerField(default=0)),
-                ('lease_owner', models.CharField(blank=True, default='', max_length=100)),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('campaign', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='parts', to='lifecycle.campaign')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveSmallIntegerField()),
+                ("phase", models.CharField(default="versions", max_length=20)),
+                ("cursor", models.BigIntegerField(default=0)),
+                ("done", models.BooleanField(default=False)),
+                ("rewrapped", models.BigIntegerField(default=0)),
+                ("already_current", models.BigIntegerField(default=0)),
+                ("lease_owner", models.CharField(blank=True, default="", max_length=100)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                (
+                    "campaign",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="parts",
+                        to="lifecycle.campaign",
+                    ),
+                ),
             ],
             options={
-                'ordering': ('campaign', 'number'),
-                'constraints': [models.UniqueConstraint(fields=('campaign', 'number'), name='one_slice_per_number')],
+                "ordering": ("campaign", "number"),
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("campaign", "number"), name="one_slice_per_number"
+                    )
+                ],
             },
         ),
     ]
