@@ -31,16 +31,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _setup(data_dir: Path) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vault.settings")
-    os.environ["VAULT_DATA_DIR"] = str(data_dir)
-    os.environ.setdefault("VAULT_LOG_LEVEL", "WARNING")
-    import django
-
-    django.setup()
+from _django import setup
 
 
 def _event_fields(index: int, moment: datetime, origin: str) -> dict[str, object]:
@@ -168,7 +161,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cvault-bench-audit-") as directory:
-        _setup(Path(directory))
+        setup(Path(directory))
         from django.core.management import call_command
         from django.db import connection
         from django.test.utils import setup_databases, teardown_databases

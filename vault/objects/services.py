@@ -386,27 +386,39 @@ def _save_version(
             storage.delete(name)
         raise
     try:
+        return _record_version(
+            on_saved,
+            object=obj,
+            number=number,
+            size=size_of(source.written),
+            body_size=source.written,
+            header=header,
+            storage_name=stored,
+            content_type=content_type,
+            created_by=token,
+        )
+    except BaseException:
+        storage.delete(stored)
+        raise
+
+
+def _record_version(
+    on_saved: Callable[[ObjectVersion], None] | None, **fields: Any
+) -> ObjectVersion:
+    """Create a version row with its audit event (and ``on_saved``) in one transaction.
+
+    Raises:
+        VersionConflict: another upload took the version number first.
+    """
+    try:
         with transaction.atomic():
-            version = ObjectVersion.objects.create(
-                object=obj,
-                number=number,
-                size=size_of(source.written),
-                body_size=source.written,
-                header=header,
-                storage_name=stored,
-                content_type=content_type,
-                created_by=token,
-            )
+            version = ObjectVersion.objects.create(**fields)
             _audit_written(version)
             if on_saved is not None:
                 on_saved(version)
             return version
     except IntegrityError:
-        storage.delete(stored)
         raise VersionConflict("another upload created this version first; try again") from None
-    except BaseException:
-        storage.delete(stored)
-        raise
 
 
 def version_store_gateway(
@@ -580,26 +592,18 @@ def store_deduplicated(
         except IntegrityError:  # the same content arrived meanwhile: keep that copy
             storages["default"].delete(stored)
             blob = Blob.objects.get(tenant=tenant, digest=digest)
-    number = _next_number(obj)
-    try:
-        with transaction.atomic():
-            version = ObjectVersion.objects.create(
-                object=obj,
-                number=number,
-                size=blob.size,
-                body_size=blob.body_size,
-                header=b"",
-                storage_name="",
-                blob=blob,
-                content_type=content_type,
-                created_by=token,
-            )
-            _audit_written(version)
-            if on_saved is not None:
-                on_saved(version)
-            return version
-    except IntegrityError:
-        raise VersionConflict("another upload created this version first; try again") from None
+    return _record_version(
+        on_saved,
+        object=obj,
+        number=_next_number(obj),
+        size=blob.size,
+        body_size=blob.body_size,
+        header=b"",
+        storage_name="",
+        blob=blob,
+        content_type=content_type,
+        created_by=token,
+    )
 
 
 def version_store_client(
