@@ -294,3 +294,119 @@ def test_two_workers_share_a_campaign_slice_by_slice(settings) -> None:
     assert all(shares.values()), "both workers did part of the work"
     for version in ObjectVersion.objects.filter(object__tenant=client.tenant):
         assert HeaderHistory.objects.filter(version=version).count() == 1
+
+
+def _stanza_version(raw: bytes, key_id: str) -> list[int]:
+    return _stanza_versions(raw, key_id)
+
+
+def test_an_upload_that_was_streaming_during_a_rotation_ends_up_rewrapped() -> None:
+    """Its data key was wrapped under v1 before the rotation; its row arrives after the
+    campaign listed what to rewrap. It must not stay under v1."""
+    from kms_plugins.types import KeyRef
+    from vault.objects import services as object_services
+    from vault.objects.models import StoredObject
+
+    client = _client()
+    _put(client, _create(client, "earlier")["id"], b"x")
+    obj_id = _create(client, "big")["id"]
+    obj = StoredObject.objects.select_related("tenant").get(pk=obj_id)
+    binding = _primary(client.tenant)
+    rotated = {}
+
+    def body():
+        rotated["campaign"] = key_rotate(tenant=obj.tenant)  # while the body streams
+        yield b"y" * 1000
+
+    version = object_services.gateway_store_plaintext(
+        obj=obj, source=body(), content_type="application/octet-stream", token=None
+    )
+    assert _stanza_versions(bytes(version.header), binding.key_id) == [2]
+    campaigns_run(worker="w")
+    campaign = Campaign.objects.get(pk=rotated["campaign"].pk)
+    assert campaign.state == CampaignState.COMPLETE
+    key_backend("local").destroy(KeyRef(binding.key_id, 1))
+    assert _get(client, obj_id)[1] == b"y" * 1000
+
+
+def test_a_header_stored_under_the_old_version_after_the_start_is_swept_up() -> None:
+    """Beyond the campaign's bounds, a header still under the old version is rewrapped before
+    the campaign calls itself complete."""
+    client = _client()
+    _put(client, _create(client, "first")["id"], b"x")
+    campaign = key_rotate(tenant=client.tenant)
+    # Stored after the rotation but wrapped before it (as if the refresh had raced).
+    binding = _primary(client.tenant)
+    KeyBinding.objects.filter(pk=binding.pk).update(current_version=1)
+    late = _create(client, "late")["id"]
+    key_backend("local")  # the backend still wraps under v2; make a v1 header by hand instead
+    version = ObjectVersion.objects.get(object__name="first", object__tenant=client.tenant)
+    copied = bytes(version.header)  # a v1 header of the same tenant
+    KeyBinding.objects.filter(pk=binding.pk).update(current_version=2)
+    from vault.objects.models import StoredObject
+
+    obj = StoredObject.objects.get(pk=late)
+    header = envelope.parse_header(copied)
+    assert _stanza_versions(copied, binding.key_id) == [1]
+    ObjectVersion.objects.create(
+        object=obj,
+        number=1,
+        size=0,
+        body_size=0,
+        header=header.to_bytes(),
+        storage_name="",
+    )
+    campaigns_run(worker="w")
+    campaign.refresh_from_db()
+    assert campaign.state == CampaignState.COMPLETE
+    late_version = ObjectVersion.objects.get(object_id=late)
+    # Its context does not match its header (it was copied), so it cannot be rewrapped: it is
+    # counted as failed rather than holding the campaign back or passing as current.
+    assert campaign_status(campaign)["failed"] == 1
+    assert _stanza_versions(bytes(late_version.header), binding.key_id) == [1]
+
+
+def test_one_bad_header_is_counted_and_skipped_not_retried_forever(settings) -> None:
+    from dataclasses import replace
+
+    settings.VAULT_CAMPAIGN_SLICES = 1
+    client = _client()
+    ids = [_create(client, f"o{i}")["id"] for i in range(5)]
+    for obj in ids:
+        _put(client, obj, os.urandom(100))
+    broken = ObjectVersion.objects.get(object_id=ids[0])
+    header = envelope.parse_header(bytes(broken.header))
+    zeroed = replace(header.stanzas[0], ciphertext=bytes(len(header.stanzas[0].ciphertext)))
+    ObjectVersion.objects.filter(pk=broken.pk).update(
+        header=envelope.replace_stanzas(header, [zeroed])
+    )
+    campaign = key_rotate(tenant=client.tenant)
+    campaigns_run(worker="w")
+    campaign.refresh_from_db()
+    status = campaign_status(campaign)
+    assert campaign.state == CampaignState.COMPLETE
+    assert (status["rewrapped"], status["failed"]) == (4, 1)
+    for obj in ids[1:]:
+        assert _get(client, obj)[0].status_code == 200
+
+
+def test_a_suspended_key_is_neither_rotated_nor_rewrapped() -> None:
+    client = _client()
+    obj = _create(client)["id"]
+    _put(client, obj, b"hello")
+    campaign = key_rotate(tenant=client.tenant)
+    binding = _primary(client.tenant)
+    KeyBinding.objects.filter(pk=binding.pk).update(
+        suspended_at=timezone.now(), suspended_reason="substituted"
+    )
+    campaigns_run(worker="w")
+    campaign.refresh_from_db()
+    assert campaign.state == CampaignState.RUNNING, "its campaign is paused"
+    assert campaign_status(campaign)["rewrapped"] == 0
+    version = ObjectVersion.objects.get(object_id=obj)
+    assert _stanza_versions(bytes(version.header), binding.key_id) == [1]
+    from vault.lifecycle.services import KeyIsSuspended
+
+    with pytest.raises(KeyIsSuspended):
+        key_rotate(tenant=client.tenant)
+    assert keys_rotate_due(now=timezone.now() + timedelta(days=3650)) == 0

@@ -35,6 +35,9 @@ class KeyBinding(models.Model):
     # Set when the backend no longer reports the pinned fingerprint for the key's first version
     # (a substituted key): the key is used for nothing until an operator looks into it.
     suspended_at = models.DateTimeField(null=True, blank=True)
+    # The version that wraps now, as of the last rotation the vault made (headers made before a
+    # rotation but stored after it are rewrapped to it on the way in).
+    current_version = models.PositiveIntegerField(default=1)
     suspended_reason = models.CharField(max_length=300, blank=True, default="")
 
     class Meta:

@@ -70,6 +70,7 @@ class CampaignSlice(models.Model):
     done = models.BooleanField(default=False)
     rewrapped = models.BigIntegerField(default=0)
     already_current = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)  # headers that could not be rewrapped (logged)
     lease_owner = models.CharField(max_length=100, blank=True, default="")
     lease_until = models.DateTimeField(null=True, blank=True)
 

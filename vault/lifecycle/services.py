@@ -31,9 +31,11 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from kms_plugins.base import KeyBackend
+from kms_plugins.errors import KeyBackendError
 from kms_plugins.types import Capability, KeyState
 from vault.audit.services import audit_record
 from vault.crypto import envelope
+from vault.crypto.errors import EnvelopeError
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
 from vault.lifecycle.models import PHASES, Campaign, CampaignReason, CampaignSlice, CampaignState
@@ -58,6 +60,14 @@ class NotBound(LifecycleError):
 
 class CannotRotate(LifecycleError):
     code, status = "key_cannot_rotate", 409
+
+
+class KeyIsSuspended(LifecycleError):
+    code, status = "key_suspended", 409
+
+
+class TenantShredded(LifecycleError):
+    code, status = "tenant_shredded", 410
 
 
 # --- what a campaign rewraps -------------------------------------------------------------------
@@ -128,22 +138,31 @@ def key_rotate(
     """
     if role not in ROTATABLE_ROLES:
         raise CannotRotate(f"only the {' and '.join(ROTATABLE_ROLES)} keys are rotated here")
+    tenant.refresh_from_db(fields=["shredded_at"])
+    if tenant.shredded_at is not None:
+        raise TenantShredded("the tenant's keys were destroyed")
+    binding = KeyBinding.objects.filter(tenant=tenant, role=role).first()
+    if binding is None:
+        raise NotBound(f"tenant {tenant.slug} has no {role} key")
+    if binding.suspended_at is not None:
+        raise KeyIsSuspended(f"the {role} key is suspended: {binding.suspended_reason}")
+    backend = key_backend(binding.backend_alias)
+    if Capability.ROTATE not in backend.capabilities:
+        raise CannotRotate(f"the {binding.backend_kind} backend cannot rotate keys")
+    # The intent is recorded (and committed) before the backend is asked: a rotation that
+    # happened in the backend can never lack its event.
+    audit_record(
+        "key.rotate",
+        tenant=tenant,
+        resource_type="key",
+        resource_id=binding.key_id,
+        details={"role": role, "reason": reason},
+    )
     with transaction.atomic():
-        binding = KeyBinding.objects.select_for_update().filter(tenant=tenant, role=role).first()
-        if binding is None:
-            raise NotBound(f"tenant {tenant.slug} has no {role} key")
-        backend = key_backend(binding.backend_alias)
-        if Capability.ROTATE not in backend.capabilities:
-            raise CannotRotate(f"the {binding.backend_kind} backend cannot rotate keys")
-        audit_record(
-            "key.rotate",
-            tenant=tenant,
-            resource_type="key",
-            resource_id=binding.key_id,
-            details={"role": role, "reason": reason},
-        )
+        binding = KeyBinding.objects.select_for_update().get(pk=binding.pk)
         ref = backend.rotate(binding.key_id)
         now = timezone.now()
+        KeyBinding.objects.filter(pk=binding.pk).update(current_version=ref.version)
         Campaign.objects.filter(binding=binding, state=CampaignState.RUNNING).update(
             state=CampaignState.SUPERSEDED, finished_at=now
         )
@@ -212,7 +231,11 @@ def keys_rotate_due(*, now: datetime | None = None) -> int:
     limit = timedelta(days=settings.VAULT_KEK_CRYPTOPERIOD_DAYS)
     rotated = 0
     for binding in KeyBinding.objects.filter(
-        tenant__isnull=False, tenant__is_active=True, role__in=ROTATABLE_ROLES
+        tenant__isnull=False,
+        tenant__is_active=True,
+        tenant__shredded_at__isnull=True,
+        suspended_at__isnull=True,
+        role__in=ROTATABLE_ROLES,
     ).select_related("tenant"):
         backend = key_backend(binding.backend_alias)
         if Capability.ROTATE not in backend.capabilities:
@@ -278,13 +301,15 @@ def _lease(slice_id: int, worker: str) -> CampaignSlice | None:
     now = timezone.now()
     with transaction.atomic():
         part = (
-            CampaignSlice.objects.select_for_update()
+            CampaignSlice.objects.select_for_update(of=("self",))
             .select_related("campaign__binding", "campaign__tenant")
             .filter(pk=slice_id, done=False, campaign__state=CampaignState.RUNNING)
             .first()
         )
         if part is None:
             return None
+        if part.campaign.binding.suspended_at is not None:
+            return None  # paused: a suspended key is used for nothing
         held = part.lease_until is not None and part.lease_until > now
         if held and part.lease_owner != worker:
             return None
@@ -315,6 +340,105 @@ def _in_slice(queryset: Any, part: CampaignSlice) -> Any:
     width = (hi - lo) // count + 1
     start = lo + part.number * width
     return queryset.filter(pk__gte=start, pk__lt=start + width, pk__lte=hi)
+
+
+def _rewrap_items(
+    source: _Source, batch: list[Any], campaign: Campaign, backend: KeyBackend
+) -> tuple[int, int, int]:
+    """Rewrap a batch of stored headers: (rewrapped, already current, failed).
+
+    The backend's work first, then one transaction for the whole batch: each header still
+    changes atomically, and a crash before the commit leaves the batch to be done again. A
+    header that cannot be rewrapped for good (malformed, or its version destroyed) is counted as
+    failed and skipped, so one bad header does not hold the others back; a backend that does not
+    answer stops the batch, which is then tried again.
+    """
+    changes = []
+    current = failed = 0
+    for item in batch:
+        old = bytes(item.header)
+        try:
+            new = _rewrap_header(
+                old,
+                binding=campaign.binding,
+                backend=backend,
+                context=source.context(item),
+                target=campaign.target_version,
+            )
+        except KeyBackendError as exc:
+            if exc.transient:
+                raise
+            failed += 1
+            logger.error(
+                "campaign %d: %s %d cannot be rewrapped (%s)",
+                campaign.pk,
+                source.model.__name__,
+                item.pk,
+                exc.code,
+            )
+            continue
+        except (EnvelopeError, LifecycleError) as exc:
+            failed += 1
+            logger.error(
+                "campaign %d: %s %d cannot be rewrapped (%s)",
+                campaign.pk,
+                source.model.__name__,
+                item.pk,
+                type(exc).__name__,
+            )
+            continue
+        if new is None:
+            current += 1
+        else:
+            changes.append((item, old, new))
+    with transaction.atomic():
+        # Compare and swap, for the whole batch at once: the rows are locked, and a header that
+        # changed since it was read (another worker's rewrap) is left alone.
+        wanted = {item.pk: (item, old, new) for item, old, new in changes}
+        locked_rows = source.model.objects.select_for_update().filter(pk__in=list(wanted))
+        updated = []
+        history = []
+        for pk, header in locked_rows.values_list("pk", "header"):
+            item, old, new = wanted[pk]
+            if bytes(header) != old:
+                current += 1
+                continue
+            item.header = new
+            updated.append(item)
+            if source.keeps_history:
+                history.append(HeaderHistory(version=item, header=old))
+        if updated:
+            table = connection.ops.quote_name(source.model._meta.db_table)
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    f"UPDATE {table} SET header = %s WHERE id = %s",  # noqa: S608
+                    [(item.header, item.pk) for item in updated],
+                )
+        HeaderHistory.objects.bulk_create(history)
+    return len(updated), current, failed
+
+
+def _sweep_tail(campaign: Campaign) -> tuple[int, int, int]:
+    """Headers stored after the campaign started (beyond its bounds) whose data keys were
+    wrapped before the rotation (an upload that was streaming when it happened): rewrap them
+    too before the campaign may call itself complete."""
+    backend = key_backend(campaign.binding.backend_alias)
+    totals = [0, 0, 0]
+    for phase, source in SOURCES.items():
+        _, hi = campaign.bounds.get(phase, [0, 0])
+        cursor = hi
+        while True:
+            batch = list(
+                source.queryset(campaign.tenant)
+                .filter(pk__gt=cursor)
+                .order_by("pk")[: settings.VAULT_REWRAP_BATCH]
+            )
+            if not batch:
+                break
+            for index, count in enumerate(_rewrap_items(source, batch, campaign, backend)):
+                totals[index] += count
+            cursor = batch[-1].pk
+    return totals[0], totals[1], totals[2]
 
 
 def slice_step(slice_id: int, worker: str) -> bool:
@@ -355,55 +479,15 @@ def slice_step(slice_id: int, worker: str) -> bool:
             "target_version": campaign.target_version,
         },
     )
-    # The backend's work first, then one transaction for the whole batch: each header still
-    # changes atomically, and a crash before the commit leaves the batch to be done again.
-    changes = []
-    current = 0
-    for item in batch:
-        old = bytes(item.header)
-        new = _rewrap_header(
-            old,
-            binding=binding,
-            backend=backend,
-            context=source.context(item),
-            target=campaign.target_version,
-        )
-        if new is None:
-            current += 1
-        else:
-            changes.append((item, old, new))
-    rewrapped = 0
+    rewrapped, current, failed = _rewrap_items(source, batch, campaign, backend)
     with transaction.atomic():
-        # Compare and swap, for the whole batch at once: the rows are locked, and a header that
-        # changed since it was read (another worker's rewrap) is left alone.
-        wanted = {item.pk: (item, old, new) for item, old, new in changes}
-        locked_rows = source.model.objects.select_for_update().filter(pk__in=list(wanted))
-        updated = []
-        history = []
-        for pk, header in locked_rows.values_list("pk", "header"):
-            item, old, new = wanted[pk]
-            if bytes(header) != old:
-                current += 1
-                continue
-            item.header = new
-            updated.append(item)
-            if source.keeps_history:
-                history.append(HeaderHistory(version=item, header=old))
-        if updated:
-            table = connection.ops.quote_name(source.model._meta.db_table)
-            with connection.cursor() as cursor:
-                cursor.executemany(
-                    f"UPDATE {table} SET header = %s WHERE id = %s",  # noqa: S608
-                    [(item.header, item.pk) for item in updated],
-                )
-        rewrapped = len(updated)
-        HeaderHistory.objects.bulk_create(history)
         locked = CampaignSlice.objects.select_for_update().get(pk=part.pk)
         if locked.phase == part.phase:
             locked.cursor = max(locked.cursor, batch[-1].pk)
         locked.rewrapped += rewrapped
         locked.already_current += current
-        locked.save(update_fields=["cursor", "rewrapped", "already_current"])
+        locked.failed += failed
+        locked.save(update_fields=["cursor", "rewrapped", "already_current", "failed"])
     _pace(len(batch))
     return True
 
@@ -421,9 +505,21 @@ def _next_phase(part: CampaignSlice, worker: str) -> bool:
         locked.done = True
         locked.lease_owner, locked.lease_until = "", None
         locked.save(update_fields=["done", "lease_owner", "lease_until"])
-        campaign = Campaign.objects.select_for_update().get(pk=locked.campaign_id)
+        campaign = Campaign.objects.get(pk=locked.campaign_id)
         if campaign.state != CampaignState.RUNNING or campaign.parts.filter(done=False).exists():
             return False
+    # The last slice is done: pick up what was stored meanwhile under an older version, then
+    # (if no other worker finished first) the campaign is complete.
+    swept = _sweep_tail(campaign)
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if campaign.state != CampaignState.RUNNING:
+            return False
+        CampaignSlice.objects.filter(campaign=campaign, number=part.number).update(
+            rewrapped=models.F("rewrapped") + swept[0],
+            already_current=models.F("already_current") + swept[1],
+            failed=models.F("failed") + swept[2],
+        )
         campaign.state = CampaignState.COMPLETE
         campaign.finished_at = timezone.now()
         campaign.save(update_fields=["state", "finished_at"])
@@ -438,6 +534,7 @@ def _next_phase(part: CampaignSlice, worker: str) -> bool:
                 "complete": True,
                 "rewrapped": status["rewrapped"],
                 "already_current": status["already_current"],
+                "failed": status["failed"],
                 "target_version": campaign.target_version,
             },
         )
@@ -495,7 +592,9 @@ def campaigns_run(*, worker: str | None = None, max_seconds: float = 50.0) -> in
 def campaign_status(campaign: Campaign) -> dict[str, Any]:
     """What the API and ``key_rotation_status`` show of a campaign."""
     totals = campaign.parts.aggregate(
-        rewrapped=models.Sum("rewrapped"), current=models.Sum("already_current")
+        rewrapped=models.Sum("rewrapped"),
+        current=models.Sum("already_current"),
+        failed=models.Sum("failed"),
     )
     rewrapped, current = totals["rewrapped"] or 0, totals["current"] or 0
     if campaign.state != CampaignState.RUNNING:
@@ -513,6 +612,7 @@ def campaign_status(campaign: Campaign) -> dict[str, Any]:
         "total": campaign.total,
         "rewrapped": rewrapped,
         "already_current": current,
+        "failed": totals["failed"] or 0,
         "progress": round(progress, 4),
         "phase": ",".join(phases) or "done",
         "slices": campaign.slices,

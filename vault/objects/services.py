@@ -369,8 +369,12 @@ def _save_version(
     content_type: str,
     token: ApiToken | None,
     on_saved: Callable[[ObjectVersion], None] | None = None,
+    refresh: dict[str, str] | None = None,
 ) -> ObjectVersion:
     """Write the body to storage, then record the version; nothing is visible until both hold.
+
+    ``refresh``: for a header whose stanzas the vault made, its encryption context; stanzas
+    made under a key version that a rotation has replaced meanwhile are rewrapped first.
 
     ``on_saved`` runs in the transaction that records the version (an upload session marks
     itself complete there); if it raises, the version is not recorded.
@@ -386,6 +390,8 @@ def _save_version(
             storage.delete(name)
         raise
     try:
+        if refresh is not None:
+            header = current_stanzas(obj.tenant, header, refresh)
         return _record_version(
             on_saved,
             object=obj,
@@ -400,6 +406,44 @@ def _save_version(
     except BaseException:
         storage.delete(stored)
         raise
+
+
+def current_stanzas(tenant: Tenant, header: bytes, context: dict[str, str]) -> bytes:
+    """``header`` with any stanza made under an older version than its key's current one
+    rewrapped to the current version.
+
+    A gateway upload wraps its data key when it starts and records its header when its body has
+    streamed; a rotation in between would otherwise leave it under the old version, after the
+    rotation's campaign had listed what to rewrap.
+    """
+    bindings = {
+        b.key_id: b
+        for b in KeyBinding.objects.filter(
+            tenant=tenant, role__in=(KeyRole.PRIMARY, KeyRole.RECOVERY)
+        )
+    }
+    parsed = envelope.parse_header(header)
+    stale = [
+        index
+        for index, stanza in enumerate(parsed.stanzas)
+        if stanza.key.key_id in bindings
+        and stanza.key.version < bindings[stanza.key.key_id].current_version
+    ]
+    if not stale:
+        return header
+    dek = _unwrap_with_tenant_keys(tenant, parsed, context)
+    stanzas = list(parsed.stanzas)
+    for index in stale:
+        binding = bindings[stanzas[index].key.key_id]
+        audit_record(
+            "key.wrap",
+            tenant=tenant,
+            resource_type="key",
+            resource_id=binding.key_id,
+            details={"keys": [binding.key_id], "context": context, "refresh": True},
+        )
+        stanzas[index] = key_backend(binding.backend_alias).wrap(binding.key_id, dek, context)
+    return envelope.replace_stanzas(parsed, stanzas, dek=dek)
 
 
 def _record_version(
@@ -485,6 +529,7 @@ def gateway_store_plaintext(
         content_type=content_type,
         token=token,
         on_saved=on_saved,
+        refresh=context,
     )
 
 
@@ -578,6 +623,7 @@ def store_deduplicated(
         name = f"{tenant.pk}/blobs/{digest[:16]}-{uuid.uuid4().hex}"
         header, stored, written = _seal(tenant, blob_dek, context, plaintext(), name)
         del blob_dek
+        header = current_stanzas(tenant, header, context)
         segment = envelope.parse_header(header).segment_size
         try:
             with transaction.atomic():

@@ -39,6 +39,9 @@ class CampaignSerializer(serializers.Serializer[Campaign]):
     total = serializers.IntegerField(help_text="Stored headers of the tenant when it started.")
     rewrapped = serializers.IntegerField()
     already_current = serializers.IntegerField()
+    failed = serializers.IntegerField(
+        help_text="Headers that could not be rewrapped (malformed, or their version destroyed)."
+    )
     progress = serializers.FloatField()
     phase = serializers.CharField(help_text="The phases the unfinished slices are in.")
     slices = serializers.IntegerField()
