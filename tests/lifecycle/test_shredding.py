@@ -248,3 +248,55 @@ def test_loosening_the_policy_and_adding_an_owner_need_two_approvals(settings) -
         format="json",
     )
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_parameters")
+
+
+def test_a_destruction_that_has_started_cannot_be_cancelled(settings, monkeypatch) -> None:
+    from vault.lifecycle import approvals
+
+    _, people = _team()
+    request = _request(people["c3"])
+    _decide(people["c1"], request["id"])
+    _decide(people["c2"], request["id"])
+    answers = []
+    real = approvals.tenant_shred
+
+    def cancel_meanwhile(**kwargs):
+        # A custodian presses "cancel" while the scheduler is already destroying the keys.
+        answers.append(people["c1"].post(f"/api/v1/approvals/{request['id']}/cancel/"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(approvals, "tenant_shred", cancel_meanwhile)
+    later = timezone.now() + timedelta(days=settings.VAULT_SHRED_WAIT_DAYS + 1)
+    assert approvals_due(now=later) == 1
+    assert (answers[0].status_code, answers[0].json()["error"]["code"]) == (409, "not_pending")
+    assert ApprovalRequest.objects.get(pk=request["id"]).state == RequestState.EXECUTED
+
+
+def test_a_destruction_interrupted_by_the_backend_is_finished_not_cancelled(
+    settings, tmp_path
+) -> None:
+    tenant, people = _team()
+    member = people["member"]
+    obj = _create(member)["id"]
+    _put(member, obj, b"doomed")
+    request = _request(people["c3"])
+    _decide(people["c1"], request["id"])
+    _decide(people["c2"], request["id"])
+    directory = key_backend("local")._path.parent
+    directory.rename(tmp_path / "away")
+    later = timezone.now() + timedelta(days=settings.VAULT_SHRED_WAIT_DAYS + 1)
+    try:
+        assert approvals_due(now=later) == 0
+        stuck = ApprovalRequest.objects.get(pk=request["id"])
+        assert stuck.state == RequestState.EXECUTING
+        assert stuck.last_error
+        refused = people["c1"].post(f"/api/v1/approvals/{request['id']}/cancel/")
+        assert refused.status_code == 409
+    finally:
+        (tmp_path / "away").rename(directory)
+    assert approvals_due(now=later) == 1
+    assert ApprovalRequest.objects.get(pk=request["id"]).state == RequestState.EXECUTED
+    assert _get(member, obj)[0].status_code == 410
+    binding = KeyBinding.objects.get(tenant=tenant, role=KeyRole.PRIMARY)
+    states = {v.state for v in key_backend("local").describe(binding.key_id).versions}
+    assert states == {KeyState.DESTROYED}

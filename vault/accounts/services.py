@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.tokens import default_token_generator
+from django.db import transaction
 from django.db.models import F
 from django.http import HttpRequest
 from django.urls import reverse
@@ -46,8 +47,9 @@ def login_success_record(*, user: User) -> None:
 
 def user_unlock(*, user: User) -> None:
     """An operator lifts a lockout after confirming the person's identity (PCI-DSS 8.3.4)."""
-    User.objects.filter(pk=user.pk).update(failed_login_count=0, locked_until=None)
-    audit_record("user.unlock", resource_type="user", resource_id=user.email)
+    with transaction.atomic():
+        User.objects.filter(pk=user.pk).update(failed_login_count=0, locked_until=None)
+        audit_record("user.unlock", resource_type="user", resource_id=user.email)
 
 
 def password_setup_url(request: HttpRequest | None, user: User, *, base_url: str = "") -> str:

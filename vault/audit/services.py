@@ -246,10 +246,15 @@ def log_signer(log: str) -> Signer:
         kms_plugins.errors.KeyBackendError: the backend is unavailable.
     """
     from vault.keys.registry import key_backend
-    from vault.keys.services import platform_signing_binding, signing_binding_for
+    from vault.keys.services import (
+        binding_check_usable,
+        platform_signing_binding,
+        signing_binding_for,
+    )
 
     tenant = tenant_of_log(log)
     binding = signing_binding_for(tenant=tenant) if tenant else platform_signing_binding()
+    binding_check_usable(binding)  # a possibly substituted key signs nothing
     backend = key_backend(binding.backend_alias)
     origin = origin_of_log(log, tenant)
     description = backend.describe(binding.key_id)

@@ -183,7 +183,9 @@ def keys_health_check() -> list[tuple[KeyBinding, str]]:
     fingerprint pinned at binding time. A mismatch suspends the key and records a
     ``key.substitution`` event. Returns ``(binding, problem)`` for each key that is not fine."""
     problems: list[tuple[KeyBinding, str]] = []
-    for binding in KeyBinding.objects.select_related("tenant"):
+    for binding in KeyBinding.objects.select_related("tenant").exclude(
+        tenant__shredded_at__isnull=False, role__in=(KeyRole.PRIMARY, KeyRole.RECOVERY)
+    ):
         try:
             backend = key_backend(binding.backend_alias)
             first = backend.describe(binding.key_id).version(1)

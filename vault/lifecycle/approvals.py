@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from kms_plugins.types import Capability
 from vault.accounts.models import User
 from vault.audit.services import _timestamp, audit_record, latest_checkpoint, log_of, log_signer
 from vault.crypto import canonical
@@ -37,6 +38,8 @@ from vault.lifecycle.models import (
     Approval,
     ApprovalAction,
     ApprovalRequest,
+    Campaign,
+    CampaignState,
     Decision,
     DestructionCertificate,
     RequestState,
@@ -123,8 +126,14 @@ def approval_request(
     """
     requester = _custodian(tenant, user)
     params = _checked_params(action, params)
-    if action == ApprovalAction.KEY_DESTROY and tenant.shredded_at is not None:
-        raise AlreadyShredded("the tenant's keys were destroyed already")
+    if action == ApprovalAction.KEY_DESTROY:
+        if tenant.shredded_at is not None:
+            raise AlreadyShredded("the tenant's keys were destroyed already")
+        for binding in KeyBinding.objects.filter(
+            tenant=tenant, role__in=(KeyRole.PRIMARY, KeyRole.RECOVERY)
+        ):
+            if Capability.DESTROY not in key_backend(binding.backend_alias).capabilities:
+                raise BadParameters(f"the {binding.backend_kind} backend cannot destroy keys")
     with transaction.atomic():
         request = ApprovalRequest.objects.create(
             tenant=tenant,
@@ -228,11 +237,14 @@ def approvals_due(*, now: datetime | None = None) -> int:
     ):
         _expire(request, moment)
     ran = 0
-    for request in ApprovalRequest.objects.filter(
+    due = ApprovalRequest.objects.filter(
         state=RequestState.APPROVED, not_before__lte=moment
-    ):
+    ) | ApprovalRequest.objects.filter(state=RequestState.EXECUTING).exclude(last_error="")
+    for request in due:
         try:
-            approval_execute(request=request, now=moment)
+            approval_execute(
+                request=request, now=moment, resume=request.state == RequestState.EXECUTING
+            )
             ran += 1
         except Exception as exc:
             logger.exception("approved request %d could not run; it is retried", request.pk)
@@ -240,18 +252,39 @@ def approvals_due(*, now: datetime | None = None) -> int:
     return ran
 
 
-def approval_execute(*, request: ApprovalRequest, now: datetime | None = None) -> ApprovalRequest:
+def approval_execute(
+    *, request: ApprovalRequest, now: datetime | None = None, resume: bool = False
+) -> ApprovalRequest:
     """Run an approved request whose waiting period is over (once).
 
     Raises:
         NotPending: it is not approved, or its waiting period is not over.
     """
+    moment = now or timezone.now()
     with transaction.atomic():
-        locked = ApprovalRequest.objects.select_for_update().get(pk=request.pk)
-        if locked.state != RequestState.APPROVED or (
-            locked.not_before is not None and locked.not_before > (now or timezone.now())
-        ):
+        # Claimed once, atomically: a cancel or a second runner after this sees EXECUTING.
+        claimed = ApprovalRequest.objects.filter(
+            pk=request.pk, state=RequestState.APPROVED, not_before__lte=moment
+        ).update(state=RequestState.EXECUTING)
+        failed_before = ApprovalRequest.objects.filter(
+            pk=request.pk, state=RequestState.EXECUTING
+        ).exclude(last_error="")
+        if not claimed and not (resume and failed_before.exists()):
+            locked = ApprovalRequest.objects.get(pk=request.pk)
             raise NotPending(f"the request is {locked.state} and cannot run now")
+        locked = ApprovalRequest.objects.select_related("tenant").get(pk=request.pk)
+    try:
+        _run(locked)
+    except Exception as exc:
+        # Left EXECUTING: a destruction that started is finished, never cancelled, by the next
+        # scheduled run (every step of it is safe to repeat).
+        ApprovalRequest.objects.filter(pk=locked.pk).update(last_error=str(exc)[:500] or "failed")
+        raise
+    locked.refresh_from_db()
+    return locked
+
+
+def _run(locked: ApprovalRequest) -> None:
     if locked.action == ApprovalAction.KEY_DESTROY:
         tenant_shred(request=locked)
     with transaction.atomic():
@@ -259,12 +292,10 @@ def approval_execute(*, request: ApprovalRequest, now: datetime | None = None) -
             _make_owner(locked.tenant, locked.params["email"])
         elif locked.action == ApprovalAction.POLICY_LOOSEN:
             tenant_update(tenant=locked.tenant, deduplicate=True)
-        ApprovalRequest.objects.filter(pk=locked.pk).update(
+        ApprovalRequest.objects.filter(pk=locked.pk, state=RequestState.EXECUTING).update(
             state=RequestState.EXECUTED, finished_at=timezone.now(), last_error=""
         )
         _audit("approval.execute", locked)
-    locked.refresh_from_db()
-    return locked
 
 
 def _make_owner(tenant: Tenant, email: str) -> None:
@@ -300,6 +331,9 @@ def tenant_shred(*, request: ApprovalRequest) -> DestructionCertificate:
             details={"request": request.pk, "keys": [b.key_id for b in bindings], "step": "start"},
         )
         Tenant.objects.filter(pk=tenant.pk, shredded_at__isnull=True).update(shredded_at=now)
+        Campaign.objects.filter(tenant=tenant, state=CampaignState.RUNNING).update(
+            state=CampaignState.SUPERSEDED, finished_at=now
+        )
         StoredObject.objects.filter(tenant=tenant, mode="gateway", shredded_at__isnull=True).update(
             shredded_at=now
         )

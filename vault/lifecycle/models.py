@@ -93,6 +93,7 @@ class ApprovalAction(models.TextChoices):
 class RequestState(models.TextChoices):
     PENDING = "pending", "Waiting for approvals"
     APPROVED = "approved", "Approved; waiting for the end of the waiting period"
+    EXECUTING = "executing", "Running (it can no longer be cancelled)"
     EXECUTED = "executed", "Done"
     DENIED = "denied", "Denied"
     EXPIRED = "expired", "Expired before enough approvals"
