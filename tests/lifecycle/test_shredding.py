@@ -300,3 +300,38 @@ def test_a_destruction_interrupted_by_the_backend_is_finished_not_cancelled(
     binding = KeyBinding.objects.get(tenant=tenant, role=KeyRole.PRIMARY)
     states = {v.state for v in key_backend("local").describe(binding.key_id).versions}
     assert states == {KeyState.DESTROYED}
+
+
+def test_custodians_are_appointed_under_dual_control_and_votes_need_standing(settings) -> None:
+    settings.VAULT_SHRED_WAIT_DAYS = 0
+    _, people = _team()
+    owner = people["owner"]
+    direct = owner.post(
+        "/api/v1/members/", {"email": "friend@x.example", "role": "custodian"}, format="json"
+    )
+    assert (direct.status_code, direct.json()["error"]["code"]) == (409, "dual_control_required")
+    member_id = Membership.objects.get(user__email=people["member"].user_email).pk
+    assert (
+        owner.patch(f"/api/v1/members/{member_id}/", {"role": "custodian"}, format="json")
+    ).status_code == 409
+    # The person to be appointed may not approve their own appointment.
+    appoint = _decide  # (readability)
+    request = owner.post(
+        "/api/v1/approvals/",
+        {
+            "action": "member.custodian.add",
+            "reason": "new custodian",
+            "params": {"email": people["c1"].user_email},
+        },
+        format="json",
+    ).json()
+    own = appoint(people["c1"], request["id"])
+    assert (own.status_code, own.json()["error"]["code"]) == (403, "self_approval")
+    # A vote from someone demoted since no longer counts.
+    destroy = _request(people["c3"])
+    assert _decide(people["c1"], destroy["id"]).status_code == 200
+    c1 = Membership.objects.get(user__email=people["c1"].user_email)
+    c1.role = Role.MEMBER
+    c1.save(update_fields=["role"])
+    still = _decide(people["c2"], destroy["id"])
+    assert still.json()["state"] == "pending", "one standing approval is not two"

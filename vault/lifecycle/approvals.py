@@ -51,6 +51,8 @@ from vault.tenants.services import member_add, member_set_role, tenant_update
 
 logger = logging.getLogger(__name__)
 CUSTODIANS = (Role.CUSTODIAN, Role.OWNER)
+# Appointments under dual control: the action, and the role it grants.
+GRANTS = {"member.owner.add": Role.OWNER, "member.custodian.add": Role.CUSTODIAN}
 CERTIFICATE_FORMAT = "ciphervault-destruction-certificate/1"
 
 
@@ -81,10 +83,10 @@ class BadParameters(LifecycleError):
 def _checked_params(action: str, params: dict[str, Any] | None) -> dict[str, Any]:
     """The parameters an action needs, checked now so that an approved request can run."""
     params = dict(params or {})
-    if action == ApprovalAction.OWNER_ADD:
+    if action in GRANTS:
         email = str(params.get("email") or "").strip().lower()
         if "@" not in email or len(email) > 254 or set(params) != {"email"}:
-            raise BadParameters("member.owner.add needs {'email': the person's address}")
+            raise BadParameters(f"{action} needs {{'email': the person's address}}")
         return {"email": email}
     if action == ApprovalAction.POLICY_LOOSEN:
         if params != {"deduplicate": True}:
@@ -161,6 +163,8 @@ def approval_decide(
     approver = _custodian(request.tenant, user)
     if approver.pk == request.requested_by_id:
         raise SelfApproval("a request needs approvals from people other than its requester")
+    if request.action in GRANTS and approver.email == request.params.get("email"):
+        raise SelfApproval("nobody approves their own appointment")
     now = timezone.now()
     run_now = False
     _expire(request, now)
@@ -186,7 +190,7 @@ def approval_decide(
                 approver,
             )
             locked.save(update_fields=["state", "finished_at", "finished_by"])
-        elif locked.votes.filter(decision=Decision.APPROVE).count() >= locked.required:
+        elif _valid_approvals(locked) >= locked.required:
             wait = timedelta(days=settings.VAULT_SHRED_WAIT_DAYS)
             locked.state, locked.approved_at = RequestState.APPROVED, now
             locked.not_before = now + wait if locked.action == ApprovalAction.KEY_DESTROY else now
@@ -196,6 +200,13 @@ def approval_decide(
     if run_now:
         return approval_execute(request=locked)
     return locked
+
+
+def _valid_approvals(request: ApprovalRequest) -> int:
+    """Approvals from people who still are custodians or owners of the tenant: a vote from
+    someone since demoted or removed no longer counts."""
+    still = Membership.objects.filter(tenant=request.tenant, role__in=CUSTODIANS).values("user")
+    return request.votes.filter(decision=Decision.APPROVE, approver__in=still).count()
 
 
 def _expire(request: ApprovalRequest, now: datetime) -> None:
@@ -288,8 +299,8 @@ def _run(locked: ApprovalRequest) -> None:
     if locked.action == ApprovalAction.KEY_DESTROY:
         tenant_shred(request=locked)
     with transaction.atomic():
-        if locked.action == ApprovalAction.OWNER_ADD:
-            _make_owner(locked.tenant, locked.params["email"])
+        if locked.action in GRANTS:
+            _grant(locked.tenant, locked.params["email"], GRANTS[locked.action])
         elif locked.action == ApprovalAction.POLICY_LOOSEN:
             tenant_update(tenant=locked.tenant, deduplicate=True)
         ApprovalRequest.objects.filter(pk=locked.pk, state=RequestState.EXECUTING).update(
@@ -298,12 +309,12 @@ def _run(locked: ApprovalRequest) -> None:
         _audit("approval.execute", locked)
 
 
-def _make_owner(tenant: Tenant, email: str) -> None:
+def _grant(tenant: Tenant, email: str, role: str) -> None:
     membership = Membership.objects.filter(tenant=tenant, user__email=email).first()
     if membership is None:
-        member_add(tenant=tenant, email=email, role=Role.OWNER)
-    elif membership.role != Role.OWNER:
-        member_set_role(membership=membership, role=Role.OWNER)
+        member_add(tenant=tenant, email=email, role=role)
+    elif membership.role != role and membership.role != Role.OWNER:
+        member_set_role(membership=membership, role=role)
 
 
 # --- crypto-shredding ---------------------------------------------------------------------------

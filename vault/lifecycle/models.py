@@ -87,6 +87,7 @@ class CampaignSlice(models.Model):
 class ApprovalAction(models.TextChoices):
     KEY_DESTROY = "key.destroy", "Destroy the tenant's keys (crypto-shred its gateway objects)"
     OWNER_ADD = "member.owner.add", "Make a person an owner of the tenant"
+    CUSTODIAN_ADD = "member.custodian.add", "Make a person a key custodian of the tenant"
     POLICY_LOOSEN = "tenant.policy.loosen", "Loosen the tenant's policy (turn deduplication on)"
 
 

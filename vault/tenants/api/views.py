@@ -31,6 +31,10 @@ CONFLICT = OpenApiResponse(
 )
 
 
+# Appointing these roles needs approvals (dual control over who holds the keys and the tenant).
+DUAL_CONTROL_ROLES = (Role.OWNER, Role.CUSTODIAN)
+
+
 def _dual_control(action: str, what: str) -> Conflict:
     return Conflict(
         f'{what} needs approvals: request it with POST /api/v1/approvals/ (action "{action}")',
@@ -87,8 +91,9 @@ class MembershipViewSet(
     def create(self, request: Request) -> Response:
         incoming = MembershipCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        if incoming.validated_data["role"] == Role.OWNER:
-            raise _dual_control("member.owner.add", "making someone an owner")
+        if incoming.validated_data["role"] in DUAL_CONTROL_ROLES:
+            role = incoming.validated_data["role"]
+            raise _dual_control(f"member.{role}.add", f"making someone {role}")
         try:
             membership, _ = services.member_add(
                 tenant=self.tenant,
@@ -109,8 +114,9 @@ class MembershipViewSet(
         membership = self.get_object()
         incoming = MembershipUpdateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        if incoming.validated_data["role"] == Role.OWNER and membership.role != Role.OWNER:
-            raise _dual_control("member.owner.add", "making someone an owner")
+        role = incoming.validated_data["role"]
+        if role in DUAL_CONTROL_ROLES and membership.role not in (role, Role.OWNER):
+            raise _dual_control(f"member.{role}.add", f"making someone {role}")
         try:
             services.member_set_role(membership=membership, role=incoming.validated_data["role"])
         except services.LastOwner as exc:
