@@ -461,15 +461,36 @@ def test_retention_removes_only_archived_old_events_and_the_log_still_verifies(
     # export of what is left.
     verify_bundle(target.read_bytes(), trusted=log_signer(log).all_keys)
     audit_integrate(log)
-    assert audit_verify(log).ok, audit_verify(log).problems
+    assert audit_verify(log, now=later).ok, audit_verify(log, now=later).problems
+    # Today the pruned events would be too young to have been pruned: that is a finding.
+    assert any("retention period" in p for p in audit_verify(log).problems)
     report = verify_bundle(_exported(log), trusted=log_signer(log).all_keys)
     assert report.first_index == archived.size
     # A deletion past the pruned range is still caught.
     entry = AuditLeaf.objects.filter(log=log, index__gt=archived.size).order_by("index").first()
     assert entry is not None
     _sql("DELETE FROM audit_auditevent WHERE id = %s", entry.event_id)
-    assert any("missing" in problem for problem in audit_verify(log).problems)
+    assert any("missing" in problem for problem in audit_verify(log, now=later).problems)
     # Retention's own records, leaves and checkpoints cannot be deleted.
     for table in ("audit_auditprune", "audit_auditleaf", "audit_auditcheckpoint"):
         with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {table}")  # noqa: S608
+
+
+def test_a_forged_pruning_record_does_not_hide_recent_deletions() -> None:
+    """Someone with the application's database access (triggers intact) inserts the guard row,
+    deletes a recent event and records a 'prune' covering it: verification still reports it."""
+    from django.utils import timezone
+
+    from vault.audit.models import AuditPrune, AuditPruneGuard
+
+    _, log = _logged_tenant()
+    entry = _middle(log)
+    with transaction.atomic():
+        guard = AuditPruneGuard.objects.create()
+        AuditEvent.objects.filter(pk=entry.event_id).delete()
+        guard.delete()
+        AuditPrune.objects.create(log=log, below_index=entry.index + 1, cutoff=timezone.now())
+    problems = audit_verify(log).problems
+    assert any("retention period" in p for p in problems)
+    assert any("missing" in p for p in problems)

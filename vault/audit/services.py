@@ -439,7 +439,12 @@ def _columns_of_row(row: tuple[Any, ...]) -> dict[str, str]:
     }
 
 
-def audit_verify(log: str, *, progress: Callable[[int], None] | None = None) -> VerifyReport:
+def audit_verify(
+    log: str,
+    *,
+    progress: Callable[[int], None] | None = None,
+    now: datetime | None = None,
+) -> VerifyReport:
     """Check a stored log against its own signed checkpoints.
 
     Every leaf's bytes against its hash and its columns; indices without gaps; the root at every
@@ -466,7 +471,7 @@ def audit_verify(log: str, *, progress: Callable[[int], None] | None = None) -> 
     rows = AuditLeaf.objects.filter(log=log).order_by("index").values_list(*fields)
     hashes: list[bytes] = []
     expected = 0
-    pruned_below = pruned_index(log)
+    pruned_below = _trusted_pruned_index(log, now or timezone.now(), problems)
     for index, stored_hash, raw_leaf, event_log, *columns in rows.iterator(chunk_size=5000):
         if index != expected:
             problems.append(f"leaf {expected}: missing (the next leaf is {index})")
@@ -517,6 +522,33 @@ def audit_verify(log: str, *, progress: Callable[[int], None] | None = None) -> 
 
 
 # --- retention -----------------------------------------------------------------------------------
+
+
+def _trusted_pruned_index(log: str, now: datetime, problems: list[str]) -> int:
+    """How far retention may have removed events, as far as verification will believe.
+
+    A pruning record is a row anyone with the database's write access could add. So a missing
+    event is excused only if a signed checkpoint covering it is older than the retention period
+    now: retention cannot have removed anything younger, and nor may anyone else unnoticed.
+    """
+    from datetime import timedelta
+
+    claimed = pruned_index(log)
+    if not claimed:
+        return 0
+    old_enough = now - timedelta(days=settings.VAULT_AUDIT_RETENTION_DAYS)
+    covered = (
+        AuditCheckpoint.objects.filter(log=log, created_at__lte=old_enough)
+        .order_by("-size")
+        .values_list("size", flat=True)
+        .first()
+    ) or 0
+    if covered < claimed:
+        problems.append(
+            f"events below leaf {claimed} are said to be pruned, but only those below "
+            f"{covered} are older than the retention period"
+        )
+    return min(claimed, covered)
 
 
 def pruned_index(log: str) -> int:
