@@ -36,3 +36,23 @@ def test_a_key_whose_backend_reports_another_fingerprint_is_suspended_and_used_n
     assert AuditEvent.objects.filter(type="key.substitution").count() == 1, (
         "one alert, not one per run"
     )
+
+
+def test_versions_made_by_rotations_are_pinned_and_one_made_elsewhere_is_not() -> None:
+    from kms_plugins.types import KeyRef
+    from vault.keys.registry import key_backend
+    from vault.lifecycle.services import campaigns_run, key_rotate
+
+    client = _client()
+    obj = _create(client)["id"]
+    _put(client, obj, b"x")
+    binding = KeyBinding.objects.get(tenant=client.tenant, role=KeyRole.PRIMARY)
+    key_rotate(tenant=client.tenant)
+    campaigns_run(worker="w")
+    key_backend("local").destroy(KeyRef(binding.key_id, 1))  # retired after its campaign
+    assert keys_health_check() == [], "rotations the vault made, and a retired version, are fine"
+    # Someone with the backend's admin rights adds a version the vault never made.
+    key_backend("local").rotate(binding.key_id)
+    problems = keys_health_check()
+    assert [(b.pk, "did not make" in why) for b, why in problems] == [(binding.pk, True)]
+    assert _put(client, obj, b"y").status_code == 503

@@ -38,6 +38,9 @@ class KeyBinding(models.Model):
     # The version that wraps now, as of the last rotation the vault made (headers made before a
     # rotation but stored after it are rewrapped to it on the way in).
     current_version = models.PositiveIntegerField(default=1)
+    # The fingerprints of the versions the vault's rotations made ({"2": "...", ...}); version
+    # 1's is ``fingerprint``. A version the backend lists that is not pinned was not made here.
+    pins = models.JSONField(default=dict, blank=True)
     suspended_reason = models.CharField(max_length=300, blank=True, default="")
 
     class Meta:

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from kms_plugins.base import KeyBackend
-from kms_plugins.types import Capability, KeyPurpose
+from kms_plugins.types import Capability, KeyPurpose, KeyState
 from vault.audit.services import audit_record
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
@@ -178,25 +178,38 @@ def binding_check_usable(binding: KeyBinding) -> None:
         raise KeySuspended(f"the {binding.role} key is suspended: {why}")
 
 
+def _substitution(binding: KeyBinding, backend: KeyBackend) -> str | None:
+    """Why the backend's view of the key no longer matches what the vault pinned, or None."""
+    listed = {info.ref.version: info for info in backend.describe(binding.key_id).versions}
+    pins = {1: binding.fingerprint, **{int(v): f for v, f in binding.pins.items()}}
+    for version, info in sorted(listed.items()):
+        if info.state == KeyState.DESTROYED:
+            continue
+        if version not in pins:
+            return f"the backend lists a version {version} that the vault did not make"
+        if info.fingerprint != pins[version]:
+            return f"version {version} reports another fingerprint than the one pinned"
+    current = listed.get(binding.current_version)
+    if current is None or current.state == KeyState.DESTROYED:
+        return f"the current version {binding.current_version} is gone from the backend"
+    return None
+
+
 def keys_health_check() -> list[tuple[KeyBinding, str]]:
-    """Check every bound key against its backend: reachable, and its first version still has the
-    fingerprint pinned at binding time. A mismatch suspends the key and records a
+    """Check every bound key against its backend (PCI-DSS 3.7.7): reachable, and every live
+    version's fingerprint the one pinned when the vault made it (at binding, or at a rotation);
+    a version the vault did not make, or a changed fingerprint, suspends the key and records a
     ``key.substitution`` event. Returns ``(binding, problem)`` for each key that is not fine."""
     problems: list[tuple[KeyBinding, str]] = []
     for binding in KeyBinding.objects.select_related("tenant").exclude(
         tenant__shredded_at__isnull=False, role__in=(KeyRole.PRIMARY, KeyRole.RECOVERY)
     ):
         try:
-            backend = key_backend(binding.backend_alias)
-            first = backend.describe(binding.key_id).version(1)
+            reason = _substitution(binding, key_backend(binding.backend_alias))
         except Exception as exc:  # an unreachable backend is a problem, not a substitution
             problems.append((binding, f"cannot describe the key ({type(exc).__name__})"))
             continue
-        if first is None:
-            reason = "the backend no longer has the key's first version"
-        elif first.fingerprint != binding.fingerprint:
-            reason = "the backend reports another fingerprint than the one pinned at binding"
-        else:
+        if reason is None:
             continue
         problems.append((binding, reason))
         if binding.suspended_at is None:
@@ -210,12 +223,7 @@ def keys_health_check() -> list[tuple[KeyBinding, str]]:
                     outcome="failure",
                     resource_type="key",
                     resource_id=binding.key_id,
-                    details={
-                        "role": binding.role,
-                        "reason": reason,
-                        "pinned": binding.fingerprint,
-                        "reported": first.fingerprint if first else None,
-                    },
+                    details={"role": binding.role, "reason": reason},
                 )
             logger.error("key %s suspended: %s", binding, reason)
     return problems

@@ -162,7 +162,10 @@ def key_rotate(
         binding = KeyBinding.objects.select_for_update().get(pk=binding.pk)
         ref = backend.rotate(binding.key_id)
         now = timezone.now()
-        KeyBinding.objects.filter(pk=binding.pk).update(current_version=ref.version)
+        made = backend.describe(binding.key_id).version(ref.version)
+        # Pinned now (PCI-DSS 3.7.7): the health check compares the backend with this.
+        pins = {**binding.pins, str(ref.version): made.fingerprint if made else ""}
+        KeyBinding.objects.filter(pk=binding.pk).update(current_version=ref.version, pins=pins)
         Campaign.objects.filter(binding=binding, state=CampaignState.RUNNING).update(
             state=CampaignState.SUPERSEDED, finished_at=now
         )
