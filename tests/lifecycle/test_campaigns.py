@@ -410,3 +410,18 @@ def test_a_suspended_key_is_neither_rotated_nor_rewrapped() -> None:
     with pytest.raises(KeyIsSuspended):
         key_rotate(tenant=client.tenant)
     assert keys_rotate_due(now=timezone.now() + timedelta(days=3650)) == 0
+
+
+def test_a_tenant_may_shorten_its_cryptoperiod_but_not_lengthen_it_alone(settings) -> None:
+    owner = _client(role=Role.OWNER)
+    member = _client(tenant=owner.tenant)
+    _put(member, _create(member)["id"], b"x")
+    assert owner.get("/api/v1/tenant/").json()["kek_cryptoperiod_days"] == 365
+    shorter = owner.patch("/api/v1/tenant/", {"kek_cryptoperiod_days": 30}, format="json")
+    assert shorter.status_code == 200
+    assert shorter.json()["kek_cryptoperiod_days"] == 30
+    longer = owner.patch("/api/v1/tenant/", {"kek_cryptoperiod_days": 90}, format="json")
+    assert (longer.status_code, longer.json()["error"]["code"]) == (409, "dual_control_required")
+    beyond = owner.patch("/api/v1/tenant/", {"kek_cryptoperiod_days": 10_000}, format="json")
+    assert beyond.status_code in (400, 409)
+    assert keys_rotate_due(now=timezone.now() + timedelta(days=31)) == 1, "its own period"

@@ -89,9 +89,20 @@ def _checked_params(action: str, params: dict[str, Any] | None) -> dict[str, Any
             raise BadParameters(f"{action} needs {{'email': the person's address}}")
         return {"email": email}
     if action == ApprovalAction.POLICY_LOOSEN:
-        if params != {"deduplicate": True}:
-            raise BadParameters("tenant.policy.loosen needs {'deduplicate': true}")
-        return params
+        period = params.get("kek_cryptoperiod_days")
+        if params == {"deduplicate": True}:
+            return params
+        ceiling = settings.VAULT_KEK_CRYPTOPERIOD_DAYS
+        if (
+            set(params) == {"kek_cryptoperiod_days"}
+            and isinstance(period, int)
+            and 1 <= period <= ceiling
+        ):
+            return params
+        raise BadParameters(
+            "tenant.policy.loosen needs {'deduplicate': true} or "
+            f"{{'kek_cryptoperiod_days': 1 to {settings.VAULT_KEK_CRYPTOPERIOD_DAYS}}}"
+        )
     if params:
         raise BadParameters(f"{action} takes no parameters")
     return {}
@@ -302,7 +313,7 @@ def _run(locked: ApprovalRequest) -> None:
         if locked.action in GRANTS:
             _grant(locked.tenant, locked.params["email"], GRANTS[locked.action])
         elif locked.action == ApprovalAction.POLICY_LOOSEN:
-            tenant_update(tenant=locked.tenant, deduplicate=True)
+            tenant_update(tenant=locked.tenant, **locked.params)
         ApprovalRequest.objects.filter(pk=locked.pk, state=RequestState.EXECUTING).update(
             state=RequestState.EXECUTED, finished_at=timezone.now(), last_error=""
         )

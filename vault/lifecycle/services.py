@@ -42,6 +42,7 @@ from vault.lifecycle.models import PHASES, Campaign, CampaignReason, CampaignSli
 from vault.objects.models import Blob, DedupKey, HeaderHistory, ObjectVersion
 from vault.objects.services import blob_context, version_context
 from vault.tenants.models import Tenant
+from vault.tenants.services import tenant_cryptoperiod_days
 
 logger = logging.getLogger(__name__)
 ROTATABLE_ROLES = (KeyRole.PRIMARY, KeyRole.RECOVERY)
@@ -231,7 +232,6 @@ def keys_rotate_due(*, now: datetime | None = None) -> int:
     years of originator use), or has wrapped ``VAULT_KEK_MAX_WRAPS`` data keys. Returns how many
     keys were rotated."""
     moment = now or timezone.now()
-    limit = timedelta(days=settings.VAULT_KEK_CRYPTOPERIOD_DAYS)
     rotated = 0
     for binding in KeyBinding.objects.filter(
         tenant__isnull=False,
@@ -251,6 +251,7 @@ def keys_rotate_due(*, now: datetime | None = None) -> int:
         born = (primary.activated or primary.created) if primary else None
         born = born or binding.created_at
         assert binding.tenant is not None  # noqa: S101  (filtered above)
+        limit = timedelta(days=tenant_cryptoperiod_days(binding.tenant))
         if moment - born >= limit:
             reason = CampaignReason.CRYPTOPERIOD
         elif wraps_since(binding.tenant, born) >= settings.VAULT_KEK_MAX_WRAPS:

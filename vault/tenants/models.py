@@ -48,6 +48,9 @@ class Tenant(models.Model):
     deduplicate = models.BooleanField(default=False)
     # Set when the tenant's keys were destroyed (crypto-shredding): gateway content is gone.
     shredded_at = models.DateTimeField(null=True, blank=True)
+    # The tenant's own cryptoperiod for its wrapping keys, at most the platform's
+    # (VAULT_KEK_CRYPTOPERIOD_DAYS); empty: the platform's.
+    kek_cryptoperiod_days = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ("slug",)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
@@ -40,20 +43,47 @@ def tenant_create(*, slug: str, name: str = "") -> Tenant:
     return tenant
 
 
-def tenant_update(*, tenant: Tenant, deduplicate: bool) -> Tenant:
-    """Change a tenant's settings. Deduplication applies to versions stored from now on;
-    content already stored keeps its own keys."""
+def tenant_update(
+    *,
+    tenant: Tenant,
+    deduplicate: bool | None = None,
+    kek_cryptoperiod_days: int | None = None,
+) -> Tenant:
+    """Change a tenant's settings (only those given). Deduplication applies to versions stored
+    from now on; content already stored keeps its own keys. A cryptoperiod is capped by the
+    platform's ``VAULT_KEK_CRYPTOPERIOD_DAYS``."""
+    changes: dict[str, Any] = {}
+    if deduplicate is not None:
+        changes["deduplicate"] = deduplicate
+    if kek_cryptoperiod_days is not None:
+        if not 1 <= kek_cryptoperiod_days <= settings.VAULT_KEK_CRYPTOPERIOD_DAYS:
+            raise ValueError(
+                f"a cryptoperiod is 1 to {settings.VAULT_KEK_CRYPTOPERIOD_DAYS} days here"
+            )
+        changes["kek_cryptoperiod_days"] = kek_cryptoperiod_days
+    if not changes:
+        return tenant
     with transaction.atomic():
-        Tenant.objects.filter(pk=tenant.pk).update(deduplicate=deduplicate)
+        Tenant.objects.filter(pk=tenant.pk).update(**changes)
         audit_record(
             "tenant.update",
             tenant=tenant,
             resource_type="tenant",
             resource_id=tenant.slug,
-            details={"deduplicate": {"from": tenant.deduplicate, "to": deduplicate}},
+            details={
+                name: {"from": getattr(tenant, name), "to": value}
+                for name, value in changes.items()
+            },
         )
-    tenant.deduplicate = deduplicate
+    for name, value in changes.items():
+        setattr(tenant, name, value)
     return tenant
+
+
+def tenant_cryptoperiod_days(tenant: Tenant) -> int:
+    """The cryptoperiod that applies to the tenant's wrapping keys."""
+    ceiling = settings.VAULT_KEK_CRYPTOPERIOD_DAYS
+    return min(tenant.kek_cryptoperiod_days or ceiling, ceiling)
 
 
 def user_get_or_create(*, email: str) -> tuple[User, bool]:

@@ -6,15 +6,30 @@ from vault.tenants.models import Membership, Role, Tenant
 
 
 class TenantSerializer(serializers.ModelSerializer[Tenant]):
+    kek_cryptoperiod_days = serializers.SerializerMethodField(
+        help_text="The cryptoperiod of the tenant's wrapping keys, in days."
+    )
+
     class Meta:
         model = Tenant
-        fields = ("slug", "name", "is_active", "created_at", "deduplicate")
+        fields = ("slug", "name", "is_active", "created_at", "deduplicate", "kek_cryptoperiod_days")
         read_only_fields = fields
+
+    def get_kek_cryptoperiod_days(self, tenant: Tenant) -> int:
+        from vault.tenants.services import tenant_cryptoperiod_days
+
+        return tenant_cryptoperiod_days(tenant)
 
 
 class TenantUpdateSerializer(serializers.Serializer[Tenant]):
     deduplicate = serializers.BooleanField(
-        help_text="Store identical gateway content once (see docs/objects.md for what it leaks)."
+        required=False,
+        help_text="Store identical gateway content once (see docs/objects.md for what it leaks).",
+    )
+    kek_cryptoperiod_days = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="Rotate the wrapping keys at least this often (at most the platform's ceiling).",
     )
 
 

@@ -5,6 +5,7 @@ from typing import Any
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -56,9 +57,16 @@ class TenantView(TenantScopedMixin, GenericAPIView[Any]):
         """Change the tenant's settings (owners)."""
         incoming = TenantUpdateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        if incoming.validated_data["deduplicate"] and not self.tenant.deduplicate:
+        wanted = incoming.validated_data
+        if wanted.get("deduplicate") and not self.tenant.deduplicate:
             raise _dual_control("tenant.policy.loosen", "turning deduplication on")
-        tenant = services.tenant_update(tenant=self.tenant, **incoming.validated_data)
+        period = wanted.get("kek_cryptoperiod_days")
+        if period is not None and period > services.tenant_cryptoperiod_days(self.tenant):
+            raise _dual_control("tenant.policy.loosen", "lengthening the cryptoperiod")
+        try:
+            tenant = services.tenant_update(tenant=self.tenant, **wanted)
+        except ValueError as exc:
+            raise ValidationError({"kek_cryptoperiod_days": [str(exc)]}) from exc
         return Response(TenantSerializer(tenant).data)
 
 
