@@ -37,7 +37,7 @@ from _django import setup
 
 
 def _event_fields(index: int, moment: datetime, origin: str) -> dict[str, object]:
-    from vault.audit.services import _timestamp
+    from vault.crypto.auditbundle import format_time
     from vault.crypto.canonical import canonical_json
 
     event_id = uuid.uuid4()
@@ -45,7 +45,7 @@ def _event_fields(index: int, moment: datetime, origin: str) -> dict[str, object
         "v": 1,
         "log": origin,
         "id": str(event_id),
-        "time": _timestamp(moment),
+        "time": format_time(moment),
         "type": "object.read",
         "outcome": "success",
         "actor": {"kind": "user", "id": f"person{index % 97}@acme.example", "auth": "token:ab12"},

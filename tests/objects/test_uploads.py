@@ -254,3 +254,18 @@ def test_uploads_in_parts_are_deduplicated_too() -> None:
         assert _get(client, obj)[1] == data
     assert Blob.objects.count() == 1
     assert len(_files()) == 1
+
+
+def test_a_client_side_part_cut_short_leaves_no_file() -> None:
+    client = _client()
+    obj = _create(client, mode="client")["id"]
+    session = _open(client, obj, 100_000)["id"]
+    with pytest.raises(UploadTruncated):
+        upload_part(
+            session=UploadSession.objects.get(pk=session),
+            offset=0,
+            stream=io.BytesIO(b"x" * 40_000),
+            length=100_000,
+        )
+    assert _files() == []
+    assert UploadSession.objects.get(pk=session).received == 0

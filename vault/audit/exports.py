@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from vault.audit import services
 from vault.audit.models import AuditCheckpoint, AuditLeaf
+from vault.crypto.auditbundle import build_bundle, format_time
 
 
 class NothingToExport(Exception):
@@ -24,8 +25,6 @@ def export_bundle(log: str, *, start: datetime | None, end: datetime | None) -> 
     Raises:
         NothingToExport: no checkpoint exists yet.
     """
-    from vault.crypto.auditbundle import build_bundle
-
     checkpoints = list(AuditCheckpoint.objects.filter(log=log).order_by("size"))
     if not checkpoints:
         raise NothingToExport("the log has no checkpoint yet")
@@ -56,7 +55,7 @@ def export_bundle(log: str, *, start: datetime | None, end: datetime | None) -> 
     signer = services.log_signer(log)
     return build_bundle(
         origin=signer.key.name,
-        exported_at=services._timestamp(timezone.now()),
+        exported_at=format_time(timezone.now()),
         range_from=start.isoformat() if start else None,
         range_to=end.isoformat() if end else None,
         signing_keys=signer.all_keys,

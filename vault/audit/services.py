@@ -18,7 +18,8 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -42,6 +43,7 @@ from vault.audit.models import (
     Outcome,
 )
 from vault.crypto import canonical
+from vault.crypto.auditbundle import format_time, leaf_columns, parse_leaf
 from vault.crypto.checkpoint import Checkpoint, CheckpointKey, open_checkpoint, sign_checkpoint
 from vault.crypto.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, node_hash
 from vault.tenants.models import Tenant
@@ -98,12 +100,6 @@ def hmac_value(log: str, value: str) -> str:
 # --- recording -----------------------------------------------------------------------------------
 
 
-def _timestamp(moment: datetime) -> str:
-    if moment.tzinfo is not UTC:
-        moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
 def audit_record(
     event_type: str,
     *,
@@ -149,7 +145,7 @@ def audit_record(
         "v": 1,
         "log": origin_of_log(log, tenant),
         "id": str(event_id),
-        "time": _timestamp(moment),
+        "time": format_time(moment),
         "type": event_type,
         "outcome": str(outcome),
         "actor": {"kind": who.kind, "id": who.id, "auth": who.auth},
@@ -229,13 +225,23 @@ class Frontier:
 # --- integration and checkpoints ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Signer:
-    """A log's checkpoint key: its public identity and a way to sign with it."""
+    """A log's checkpoint key: its public identity, a way to sign with it, and (read from the
+    backend only when asked: verifiers need them, signing does not) every version's public key."""
 
-    key: CheckpointKey
-    sign: Callable[[bytes], bytes]
-    all_keys: tuple[CheckpointKey, ...]
+    def __init__(
+        self,
+        key: CheckpointKey,
+        sign: Callable[[bytes], bytes],
+        versions: Callable[[], tuple[CheckpointKey, ...]],
+    ) -> None:
+        self.key = key
+        self.sign = sign
+        self._versions = versions
+
+    @cached_property
+    def all_keys(self) -> tuple[CheckpointKey, ...]:
+        return self._versions()
 
 
 def log_signer(log: str) -> Signer:
@@ -243,6 +249,7 @@ def log_signer(log: str) -> Signer:
 
     Raises:
         vault.keys.services.NoSigningBackend: nothing can sign for this log.
+        vault.keys.services.KeySuspended: that key is suspended.
         kms_plugins.errors.KeyBackendError: the backend is unavailable.
     """
     from vault.keys.registry import key_backend
@@ -261,18 +268,18 @@ def log_signer(log: str) -> Signer:
     primary = description.primary
     assert primary is not None  # noqa: S101  (a bound signing key has a primary version)
     key = CheckpointKey.from_pem(origin, backend.public_key(primary.ref))
-    every = [key]
-    for info in description.versions:
-        if info.ref != primary.ref:
-            try:
-                every.append(CheckpointKey.from_pem(origin, backend.public_key(info.ref)))
-            except Exception:
-                logger.info("audit log %s: no public key for signing key version %s", log, info.ref)
-    return Signer(
-        key=key,
-        sign=lambda message: backend.sign(binding.key_id, message)[1],
-        all_keys=tuple(every),
-    )
+
+    def every_version() -> tuple[CheckpointKey, ...]:
+        found = [key]
+        for info in description.versions:
+            if info.ref != primary.ref:
+                try:
+                    found.append(CheckpointKey.from_pem(origin, backend.public_key(info.ref)))
+                except Exception:
+                    logger.info("audit log %s: no public key for version %s", log, info.ref)
+        return tuple(found)
+
+    return Signer(key, lambda message: backend.sign(binding.key_id, message)[1], every_version)
 
 
 def logs_with_pending_events() -> list[str]:
@@ -387,24 +394,6 @@ class VerifyReport:
         return not self.problems
 
 
-def event_columns(event: AuditEvent) -> dict[str, str]:
-    """The queryable columns of an event, as an export carries them."""
-    return {
-        "id": str(event.uuid),
-        "time": _timestamp(event.time),
-        "type": event.type,
-        "outcome": event.outcome,
-        "actor_kind": event.actor_kind,
-        "actor_id": event.actor_id,
-        "auth": event.auth,
-        "ip": event.ip,
-        "user_agent": event.user_agent,
-        "request_id": event.request_id,
-        "resource_type": event.resource_type,
-        "resource_id": event.resource_id,
-    }
-
-
 _COLUMN_FIELDS = (
     "uuid",
     "time",
@@ -425,7 +414,7 @@ def _columns_of_row(row: tuple[Any, ...]) -> dict[str, str]:
     (event_id, moment, kind, outcome, actor_kind, actor_id, auth, ip, agent, request_id) = row[:10]
     return {
         "id": str(event_id),
-        "time": _timestamp(moment),
+        "time": format_time(moment),
         "type": kind,
         "outcome": outcome,
         "actor_kind": actor_kind,
@@ -437,6 +426,11 @@ def _columns_of_row(row: tuple[Any, ...]) -> dict[str, str]:
         "resource_type": row[10],
         "resource_id": row[11],
     }
+
+
+def event_columns(event: AuditEvent) -> dict[str, str]:
+    """The queryable columns of an event, as an export carries them."""
+    return _columns_of_row(tuple(getattr(event, name) for name in _COLUMN_FIELDS))
 
 
 def audit_verify(
@@ -452,8 +446,6 @@ def audit_verify(
     keys and its text against its columns. Anything changed, inserted, deleted or reordered
     under a checkpoint shows up as a problem.
     """
-    from vault.crypto.auditbundle import leaf_columns, parse_leaf
-
     report = VerifyReport(log=log)
     problems = report.problems
     tenant = tenant_of_log(log)
@@ -617,7 +609,7 @@ def audit_prune(log: str, *, now: datetime | None = None) -> int:
             tenant=tenant,
             resource_type="audit_log",
             resource_id=log,
-            details={"below_index": below, "deleted": deleted, "cutoff": _timestamp(cutoff)},
+            details={"below_index": below, "deleted": deleted, "cutoff": format_time(cutoff)},
         )
     logger.info("audit log %s: %d event(s) older than the retention period removed", log, deleted)
     return deleted

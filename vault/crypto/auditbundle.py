@@ -331,10 +331,11 @@ def format_time(moment: datetime) -> str:
     Raises:
         InvalidBundleParameters: ``moment`` is naive.
     """
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InvalidBundleParameters("times must be timezone-aware")
-    utc = moment.astimezone(UTC).replace(tzinfo=None)
-    return utc.isoformat(timespec="microseconds") + "Z"
+    if moment.tzinfo is not UTC:  # the common case (Django's now()) skips the conversion
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise InvalidBundleParameters("times must be timezone-aware")
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _line_ok(text: object) -> bool:

@@ -29,8 +29,9 @@ from django.utils import timezone
 
 from kms_plugins.types import Capability
 from vault.accounts.models import User
-from vault.audit.services import _timestamp, audit_record, latest_checkpoint, log_of, log_signer
+from vault.audit.services import audit_record, latest_checkpoint, log_of, log_signer
 from vault.crypto import canonical
+from vault.crypto.auditbundle import format_time
 from vault.crypto.merkle import root_from_leaves
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend
@@ -206,7 +207,7 @@ def approval_decide(
             locked.state, locked.approved_at = RequestState.APPROVED, now
             locked.not_before = now + wait if locked.action == ApprovalAction.KEY_DESTROY else now
             locked.save(update_fields=["state", "approved_at", "not_before"])
-            _audit("approval.granted", locked, not_before=_timestamp(locked.not_before))
+            _audit("approval.granted", locked, not_before=format_time(locked.not_before))
             run_now = locked.not_before <= now
     if run_now:
         return approval_execute(request=locked)
@@ -402,7 +403,7 @@ def tenant_shred(*, request: ApprovalRequest) -> DestructionCertificate:
         "reason": request.reason,
         "requested_by": request.requested_by.email,
         "approvers": approvers,
-        "destroyed_at": _timestamp(timezone.now()),
+        "destroyed_at": format_time(timezone.now()),
         "keys": keys,
         "objects_affected": len(object_ids),
         "objects_root": base64.b64encode(

@@ -359,6 +359,26 @@ def _stanzas(tenant: Tenant, dek: bytes, context: dict[str, str]) -> list[Wrappe
     return [key_backend(b.backend_alias).wrap(b.key_id, dek, context) for b in order]
 
 
+def store_chunks(name: str, chunks: Iterable[bytes]) -> tuple[str, int]:
+    """Write ``chunks`` to the default storage as ``name``, streaming.
+
+    Returns:
+        The name it was stored under and how many bytes were written.
+
+    A write that fails half-way (a body cut short or too large, a key backend gone) leaves
+    nothing behind.
+    """
+    storage = storages["default"]
+    source = _IterFile(chunks)
+    try:
+        stored = storage.save(name, source)  # type: ignore[arg-type]
+    except BaseException:
+        if storage.exists(name):
+            storage.delete(name)
+        raise
+    return stored, source.written
+
+
 def _save_version(
     *,
     obj: StoredObject,
@@ -380,15 +400,7 @@ def _save_version(
     itself complete there); if it raises, the version is not recorded.
     """
     storage = storages["default"]
-    name = f"{obj.tenant_id}/{obj.pk}/{number}-{uuid.uuid4().hex}"
-    source = _IterFile(body)
-    try:
-        stored = storage.save(name, source)  # type: ignore[arg-type]
-    except BaseException:
-        # A body that failed half-way (cut short, too large, a backend gone) leaves nothing.
-        if storage.exists(name):
-            storage.delete(name)
-        raise
+    stored, written = store_chunks(f"{obj.tenant_id}/{obj.pk}/{number}-{uuid.uuid4().hex}", body)
     try:
         if refresh is not None:
             header = current_stanzas(obj.tenant, header, refresh)
@@ -396,8 +408,8 @@ def _save_version(
             on_saved,
             object=obj,
             number=number,
-            size=size_of(source.written),
-            body_size=source.written,
+            size=size_of(written),
+            body_size=written,
             header=header,
             storage_name=stored,
             content_type=content_type,
@@ -541,16 +553,9 @@ def _seal(
     Returns:
         The envelope header, the stored name and the body's size. A failure stores nothing.
     """
-    storage = storages["default"]
     encryptor = envelope.Encryptor(dek, context, _stanzas(tenant, dek, context))
-    source_file = _IterFile(encryptor.iter_body(source))
-    try:
-        stored = storage.save(name, source_file)  # type: ignore[arg-type]
-    except BaseException:
-        if storage.exists(name):
-            storage.delete(name)
-        raise
-    return encryptor.header, stored, source_file.written
+    stored, written = store_chunks(name, encryptor.iter_body(source))
+    return encryptor.header, stored, written
 
 
 def seal_spool(

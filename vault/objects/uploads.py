@@ -124,8 +124,9 @@ def upload_part(
         header, name, _ = services.seal_spool(obj.tenant, _part_context(session, offset), body)
     else:
         header = b""
-        name = storage.save(
-            f"{obj.tenant_id}/uploads/{session.pk}/{offset:020d}", _chunks_file(body)
+        name, _ = services.store_chunks(
+            f"{obj.tenant_id}/uploads/{session.pk}/{offset:020d}",
+            iter(lambda: body.read(services.READ_CHUNK), b""),
         )
     try:
         with transaction.atomic():
@@ -145,10 +146,6 @@ def upload_part(
     if session.received == session.length:
         return upload_complete(session=session)
     return session
-
-
-def _chunks_file(body: io.RawIOBase) -> Any:
-    return services._IterFile(iter(lambda: body.read(services.READ_CHUNK), b""))
 
 
 def _gateway_plaintext(session: UploadSession) -> Iterator[bytes]:
