@@ -428,21 +428,25 @@ def current_stanzas(tenant: Tenant, header: bytes, context: dict[str, str]) -> b
     streamed; a rotation in between would otherwise leave it under the old version, after the
     rotation's campaign had listed what to rewrap.
     """
+    current = dict(
+        KeyBinding.objects.filter(
+            tenant=tenant, role__in=(KeyRole.PRIMARY, KeyRole.RECOVERY)
+        ).values_list("key_id", "current_version")
+    )
+    parsed = envelope.parse_header(header)
+    stale = [
+        index
+        for index, stanza in enumerate(parsed.stanzas)
+        if stanza.key.key_id in current and stanza.key.version < current[stanza.key.key_id]
+    ]
+    if not stale:
+        return header
     bindings = {
         b.key_id: b
         for b in KeyBinding.objects.filter(
             tenant=tenant, role__in=(KeyRole.PRIMARY, KeyRole.RECOVERY)
         )
     }
-    parsed = envelope.parse_header(header)
-    stale = [
-        index
-        for index, stanza in enumerate(parsed.stanzas)
-        if stanza.key.key_id in bindings
-        and stanza.key.version < bindings[stanza.key.key_id].current_version
-    ]
-    if not stale:
-        return header
     dek = _unwrap_with_tenant_keys(tenant, parsed, context)
     stanzas = list(parsed.stanzas)
     for index in stale:
