@@ -12,7 +12,9 @@ class KeyRole(models.TextChoices):
 
     PRIMARY = "primary", "Primary key-encryption key"
     RECOVERY = "recovery", "Recovery key-encryption key"
-    SIGNING = "signing", "Signing key (audit checkpoints, reports)"
+    SIGNING = "signing", "Signing key (audit checkpoints, attestations)"
+    REPORT_CA = "report-ca", "Report CA key (issues the report signer's certificate)"
+    REPORT_SIGNING = "report-signing", "Report signing key (compliance reports, evidence packs)"
 
 
 class KeyBinding(models.Model):

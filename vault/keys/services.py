@@ -68,17 +68,30 @@ def _audit_key_created(binding: KeyBinding) -> None:
 
 def platform_signing_binding(*, create: bool = True) -> KeyBinding:
     """The platform's signing key in ``VAULT_SIGNING_BACKEND``, created on first need."""
-    existing = KeyBinding.objects.filter(tenant__isnull=True, role=KeyRole.SIGNING).first()
+    return platform_key_binding(KeyRole.SIGNING, create=create)
+
+
+def platform_key_binding(role: str, *, create: bool = True) -> KeyBinding:
+    """A platform signing key (``role``: signing, report-ca or report-signing), made on first need.
+
+    The audit log's key lives in ``VAULT_SIGNING_BACKEND``; the report keys in
+    ``VAULT_REPORT_SIGNING_BACKEND`` (by default the same backend).
+
+    Raises:
+        NoSigningBackend: none exists and ``create`` is false, or no backend that signs is set.
+    """
+    existing = KeyBinding.objects.filter(tenant__isnull=True, role=role).first()
     if existing is not None or not create:
         if existing is None:
-            raise NoSigningBackend("no platform signing key exists")
+            raise NoSigningBackend(f"no platform {role} key exists")
         return existing
-    alias = settings.VAULT_SIGNING_BACKEND
+    setting = "VAULT_SIGNING_BACKEND" if role == KeyRole.SIGNING else "VAULT_REPORT_SIGNING_BACKEND"
+    alias = getattr(settings, setting, "") or settings.VAULT_SIGNING_BACKEND
     if not alias:
-        raise NoSigningBackend("VAULT_SIGNING_BACKEND is not set")
+        raise NoSigningBackend(f"{setting} is not set")
     backend = key_backend(alias)
     if Capability.SIGN not in backend.capabilities:
-        raise NoSigningBackend(f"VAULT_SIGNING_BACKEND {alias!r} ({backend.kind}) cannot sign")
+        raise NoSigningBackend(f"{setting} {alias!r} ({backend.kind}) cannot sign")
     ref = backend.create_key(purpose=KeyPurpose.SIGN)
     info = backend.describe(ref.key_id).version(ref.version)
     assert info is not None  # noqa: S101  (the backend just created it)
@@ -86,7 +99,7 @@ def platform_signing_binding(*, create: bool = True) -> KeyBinding:
         with transaction.atomic():
             binding = KeyBinding.objects.create(
                 tenant=None,
-                role=KeyRole.SIGNING,
+                role=role,
                 backend_alias=alias,
                 backend_kind=backend.kind,
                 key_id=ref.key_id,
@@ -98,7 +111,7 @@ def platform_signing_binding(*, create: bool = True) -> KeyBinding:
         # Another process made the platform key at the same moment: use theirs, drop ours.
         with contextlib.suppress(Exception):
             backend.destroy(ref)
-        return KeyBinding.objects.get(tenant__isnull=True, role=KeyRole.SIGNING)
+        return KeyBinding.objects.get(tenant__isnull=True, role=role)
 
 
 def _destroy_quietly(backend: KeyBackend, binding: KeyBinding) -> None:
