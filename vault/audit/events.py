@@ -74,4 +74,11 @@ EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "approval.execute": ("10.2.1.2",),
     # compliance
     "compliance.run": ("10.2.1.2",),
+    "compliance.evidence": ("10.2.1.2",),
+    "compliance.report.export": ("10.2.1.3",),
+    "compliance.waiver.request": ("10.2.1.2",),
+    "compliance.waiver.approve": ("10.2.1.2",),
+    "compliance.waiver.reject": ("10.2.1.2",),
+    "compliance.waiver.revoke": ("10.2.1.2",),
+    "compliance.attest": ("10.2.1.2",),
 }

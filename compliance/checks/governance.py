@@ -1,0 +1,3 @@
+"""Checks (see docs/compliance.md and the catalogue in compliance/catalog.py)."""
+
+from __future__ import annotations
