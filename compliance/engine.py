@@ -180,41 +180,60 @@ def compliance_run(
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ComplianceRun:
-    """Run every check (or ``checks``) for ``tenant`` and store the results.
+    """Run every check (or ``checks``) for ``tenant`` now and store the results."""
+    run = run_start(tenant, trigger=trigger, requested_by=requested_by, now=now)
+    return run_evaluate(run, checks=checks, progress=progress)
+
+
+def run_start(
+    tenant: Tenant, *, trigger: str, requested_by: str = "", now: datetime | None = None
+) -> ComplianceRun:
+    """Record a run's start: its row, the audit checkpoint then, and a ``compliance.run`` event."""
+    with acting_as("compliance"):
+        start = _checkpoint_facts(log_of(tenant))
+        with transaction.atomic():
+            run = ComplianceRun.objects.create(
+                tenant=tenant,
+                trigger=trigger,
+                requested_by=requested_by[:200],
+                started_at=now or timezone.now(),
+                engine_version=ENGINE_VERSION,
+                catalog_sha256=catalog.catalog_digest(),
+                checkpoint_start=start,
+            )
+            audit_record(
+                "compliance.run",
+                tenant=tenant,
+                resource_type="compliance_run",
+                resource_id=run.pk,
+                details={"run": str(run.pk), "trigger": str(trigger)},
+            )
+    return run
+
+
+def run_evaluate(
+    run: ComplianceRun,
+    *,
+    checks: list[type[Check]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ComplianceRun:
+    """Evaluate a started run: results, evidence, findings, the anchor event, the end checkpoint.
 
     Raises:
-        vault.audit.services.AuditUnavailable: the anchor event could not be written (nothing
-            of the run is kept but the run row, marked failed).
+        vault.audit.services.AuditUnavailable: the anchor event could not be written (the run
+            is marked failed and keeps no results).
     """
-    moment = now or timezone.now()
-    log = log_of(tenant)
+    tenant = run.tenant
     selected = checks if checks is not None else all_checks()
     with acting_as("compliance"):
-        start = _checkpoint_facts(log)
-        run = ComplianceRun.objects.create(
-            tenant=tenant,
-            trigger=trigger,
-            requested_by=requested_by[:200],
-            started_at=moment,
-            engine_version=ENGINE_VERSION,
-            catalog_sha256=catalog.catalog_digest(),
-            checkpoint_start=start,
-        )
-        audit_record(
-            "compliance.run",
-            tenant=tenant,
-            resource_type="compliance_run",
-            resource_id=run.pk,
-            details={"run": str(run.pk), "trigger": str(trigger), "checks": len(selected)},
-        )
         try:
-            _evaluate(run, tenant, selected, moment, progress)
+            _evaluate(run, tenant, selected, run.started_at, progress)
         except Exception as exc:
             ComplianceRun.objects.filter(pk=run.pk).update(
                 state=RunState.FAILED, finished_at=timezone.now(), last_error=type(exc).__name__
             )
             raise
-        run.checkpoint_end = _checkpoint_facts(log)
+        run.checkpoint_end = _checkpoint_facts(log_of(tenant))
         run.save(update_fields=["checkpoint_end"])
     return run
 

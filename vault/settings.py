@@ -391,6 +391,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "vault.objects.purge_expired_uploads",
         "schedule": timedelta(hours=1),
     },
+    # Daily compliance runs: the task runs hourly and starts the tenants whose last scheduled
+    # run is a day old (and every tenant on the first tick of the embedded scheduler).
+    "compliance.run_due": {
+        "task": "compliance.run_due",
+        "schedule": timedelta(hours=1),
+    },
     "vault.core.clear_expired_sessions": {
         "task": "vault.core.clear_expired_sessions",
         "schedule": timedelta(hours=1),

@@ -36,6 +36,7 @@ api_v1 = [
     path("", include("vault.objects.api.urls")),
     path("", include("vault.audit.api.urls")),
     path("", include("vault.lifecycle.api.urls")),
+    path("", include("compliance.api.urls")),
 ]
 
 urlpatterns = [

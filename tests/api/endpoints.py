@@ -656,3 +656,236 @@ ENDPOINTS = [
         still_there=lambda pk: ApiToken.objects.filter(pk=pk, revoked_at__isnull=True).exists(),
     ),
 ]
+
+
+# --- compliance ----------------------------------------------------------------------------------
+
+COMPLIANCE_READERS = frozenset({Role.OWNER, Role.CUSTODIAN, Role.AUDITOR})
+COMPLIANCE_DECIDERS = frozenset({Role.OWNER, Role.CUSTODIAN})
+
+
+def _new_run(world: World, side: Side, role: str) -> str:
+    from compliance.engine import compliance_run
+
+    return str(compliance_run(side.tenant, checks=[]).pk)
+
+
+def _run_there(pk: Any) -> bool:
+    from compliance.models import ComplianceRun
+
+    return ComplianceRun.objects.filter(pk=pk, state="finished").exists()
+
+
+def _runs_are_mine(response: Any, world: World) -> None:
+    from compliance.models import ComplianceRun
+
+    ids = {row["id"] for row in response.json()["results"]}
+    assert ids, "the list must hold the caller's runs"
+    mine = ComplianceRun.objects.filter(tenant=world.mine.tenant).values_list("id", flat=True)
+    assert ids <= {str(pk) for pk in mine}
+
+
+def _run_created_here(response: Any, world: World) -> None:
+    from compliance.models import ComplianceRun
+
+    assert ComplianceRun.objects.get(pk=response.json()["id"]).tenant == world.mine.tenant
+
+
+def _export_of_my_run(response: Any, world: World) -> None:
+    import json
+
+    assert json.loads(response.content)["tenant"]["slug"] == world.mine.tenant.slug
+
+
+def _new_waiver(world: World, side: Side, role: str) -> int:
+    """A waiver asked by another custodian of ``side`` (so ``role`` may decide it)."""
+    from compliance.services import waiver_request
+
+    requester = User.objects.create_user(email=world.unique("asker") + "@x.example")
+    Membership.objects.create(tenant=side.tenant, user=requester, role=Role.CUSTODIAN)
+    return waiver_request(
+        tenant=side.tenant,
+        user=requester,
+        check_id="KEY-001",
+        justification="hardware arrives next quarter",
+        days=30,
+    ).pk
+
+
+def _waiver_pending(pk: int) -> bool:
+    from compliance.models import Waiver
+
+    found = Waiver.objects.filter(pk=pk).first()
+    return found is not None and found.state == "pending" and not found.approvals.exists()
+
+
+def _waivers_are_mine(response: Any, world: World) -> None:
+    from compliance.models import Waiver
+
+    ids = {row["id"] for row in response.json()["results"]}
+    assert ids, "the list must hold the caller's waivers"
+    assert ids <= set(Waiver.objects.filter(tenant=world.mine.tenant).values_list("id", flat=True))
+
+
+def _waiver_created_here(response: Any, world: World) -> None:
+    from compliance.models import Waiver
+
+    assert Waiver.objects.get(pk=response.json()["id"]).tenant == world.mine.tenant
+
+
+def _new_attestation(world: World, side: Side, role: str) -> int:
+    from compliance.services import attestation_create
+
+    return attestation_create(
+        tenant=side.tenant,
+        user=side.actors[Role.OWNER].user,
+        requirement="7.2.4",
+        kind="access_review",
+        statement="Reviewed every member and token.",
+        valid_days=183,
+    ).pk
+
+
+def _attestation_there(pk: int) -> bool:
+    from compliance.models import Attestation
+
+    return Attestation.objects.filter(pk=pk).exists()
+
+
+def _attestations_are_mine(response: Any, world: World) -> None:
+    from compliance.models import Attestation
+
+    ids = {row["id"] for row in response.json()["results"]}
+    assert ids, "the list must hold the caller's attestations"
+    mine = Attestation.objects.filter(tenant=world.mine.tenant).values_list("id", flat=True)
+    assert ids <= set(mine)
+
+
+def _attestation_created_here(response: Any, world: World) -> None:
+    from compliance.models import Attestation
+
+    assert Attestation.objects.get(pk=response.json()["id"]).tenant == world.mine.tenant
+
+
+def _ca_is_served(response: Any, world: World) -> None:
+    assert response.json()["certificate"].startswith("-----BEGIN CERTIFICATE-----")
+
+
+COMPLIANCE_ENDPOINTS = [
+    Endpoint(
+        "v1:compliance-run-list",
+        "GET",
+        COMPLIANCE_READERS,
+        200,
+        check_scope=_runs_are_mine,
+        prepare=lambda world: (
+            _new_run(world, world.mine, Role.OWNER) and _new_run(world, world.other, Role.OWNER)
+        ),
+    ),
+    Endpoint(
+        "v1:compliance-run-list",
+        "POST",
+        COMPLIANCE_READERS,
+        202,
+        check_scope=_run_created_here,
+    ),
+    Endpoint(
+        "v1:compliance-run-detail",
+        "GET",
+        COMPLIANCE_READERS,
+        200,
+        make_object=_new_run,
+        still_there=_run_there,
+    ),
+    Endpoint(
+        "v1:compliance-run-export",
+        "GET",
+        COMPLIANCE_READERS,
+        200,
+        make_object=_new_run,
+        still_there=_run_there,
+    ),
+    Endpoint(
+        "v1:compliance-waiver-list",
+        "GET",
+        COMPLIANCE_READERS,
+        200,
+        check_scope=_waivers_are_mine,
+        prepare=lambda world: (
+            _new_waiver(world, world.mine, Role.OWNER)
+            and _new_waiver(world, world.other, Role.OWNER)
+        ),
+    ),
+    Endpoint(
+        "v1:compliance-waiver-list",
+        "POST",
+        COMPLIANCE_DECIDERS,
+        201,
+        payload=lambda w, s, r: {
+            "check_id": "KEY-001",
+            "justification": "hardware arrives next quarter",
+            "days": 30,
+        },
+        check_scope=_waiver_created_here,
+    ),
+    Endpoint(
+        "v1:compliance-waiver-detail",
+        "GET",
+        COMPLIANCE_READERS,
+        200,
+        make_object=_new_waiver,
+        still_there=_waiver_pending,
+    ),
+    Endpoint(
+        "v1:compliance-waiver-decide",
+        "POST",
+        COMPLIANCE_DECIDERS,
+        200,
+        make_object=_new_waiver,
+        payload=lambda w, s, r: {"approve": True, "reason": "checked"},
+        still_there=_waiver_pending,
+    ),
+    Endpoint(
+        "v1:compliance-waiver-revoke",
+        "POST",
+        COMPLIANCE_DECIDERS,
+        200,
+        make_object=_new_waiver,
+        still_there=_waiver_pending,
+    ),
+    Endpoint(
+        "v1:compliance-attestation-list",
+        "GET",
+        COMPLIANCE_READERS,
+        200,
+        check_scope=_attestations_are_mine,
+        prepare=lambda world: (
+            _new_attestation(world, world.mine, Role.OWNER)
+            and _new_attestation(world, world.other, Role.OWNER)
+        ),
+    ),
+    Endpoint(
+        "v1:compliance-attestation-list",
+        "POST",
+        COMPLIANCE_DECIDERS,
+        201,
+        payload=lambda w, s, r: {
+            "requirement": "7.2.4",
+            "kind": "access_review",
+            "statement": "Reviewed every member and token.",
+            "valid_days": 183,
+        },
+        check_scope=_attestation_created_here,
+    ),
+    Endpoint(
+        "v1:compliance-attestation-detail",
+        "GET",
+        COMPLIANCE_READERS,
+        200,
+        make_object=_new_attestation,
+        still_there=_attestation_there,
+    ),
+    Endpoint("v1:compliance-ca", "GET", EVERYONE, 200, check_scope=_ca_is_served),
+]
+
+ENDPOINTS += COMPLIANCE_ENDPOINTS

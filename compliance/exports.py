@@ -1,0 +1,147 @@
+"""A run's exports: JSON, CSV, signed PDF, and the signed evidence pack (docs/compliance.md).
+
+Every export is recorded in the tenant's audit log (``compliance.report.export``, PCI-DSS
+10.2.1.3: reading evidence about the logs is reading the logs).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from django.utils import timezone
+
+from compliance.models import ComplianceRun, Evidence
+from compliance.report import report_csv, report_document, report_json
+from vault.audit.models import AuditEvent, AuditLeaf
+from vault.audit.services import audit_record, log_of, log_signer, log_tree, origin_of_log
+from vault.crypto import canonical
+
+FORMATS = ("json", "csv", "pdf", "pack")
+MEDIA_TYPES = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "pdf": "application/pdf",
+    "pack": "application/zip",
+}
+
+
+class ExportError(Exception):
+    code = "export_failed"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+
+
+def audit_proofs(run: ComplianceRun) -> dict[str, Any]:
+    """The tenant log's checkpoints at the run's start and end, the consistency proof between
+    them, and the inclusion proof of the run's anchor event, as ``audit/proofs.json`` holds."""
+    start, end = run.checkpoint_start, run.checkpoint_end
+    if not start or not end or run.anchor_event is None:
+        raise ExportError(
+            "the run has no signed audit checkpoints to prove its evidence against",
+            code="run_not_anchored",
+            status=409,
+        )
+    log = log_of(run.tenant)
+    tree = log_tree(log, end["size"])
+    if tree.size != end["size"] or tree.root() != base64.b64decode(end["root"]):
+        raise ExportError(
+            "the audit log no longer matches the run's checkpoint", code="audit_mismatch"
+        )
+    anchors = []
+    event = AuditEvent.objects.filter(uuid=run.anchor_event).first()
+    leaf = AuditLeaf.objects.filter(event=event).first() if event is not None else None
+    if event is None or leaf is None or leaf.index >= end["size"]:
+        raise ExportError(
+            "the run's anchor event is not in its end checkpoint", code="audit_mismatch"
+        )
+    anchors.append(
+        {
+            "leaf": base64.b64encode(bytes(event.leaf)).decode("ascii"),
+            "index": leaf.index,
+            "proof": [h.hex() for h in tree.inclusion_proof(leaf.index, end["size"])],
+        }
+    )
+    keys = [key.vkey for key in log_signer(log).all_keys]
+    return {
+        "origin": origin_of_log(log, run.tenant),
+        "keys": keys,
+        "start": start["note"],
+        "end": end["note"],
+        "consistency": [h.hex() for h in tree.consistency_proof(start["size"], end["size"])],
+        "anchors": anchors,
+    }
+
+
+def _pdf(document: dict[str, Any], attachments: dict[str, bytes]) -> bytes:
+    from compliance.pdf import render_pdf
+    from compliance.signing import sign_pdf
+
+    return sign_pdf(render_pdf(document, attachments))
+
+
+def export_run(run: ComplianceRun, fmt: str) -> bytes:
+    """The run's export in ``fmt`` (json, csv, pdf or pack).
+
+    Raises:
+        ExportError: an unknown format or a run that did not finish.
+        compliance.pdf.PdfUnavailable: WeasyPrint's system libraries are missing (pdf, pack).
+        compliance.signing.ReportSigningError: the report keys' backend cannot sign.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"format is one of {', '.join(FORMATS)}", code="bad_format", status=400)
+    if run.state != "finished":
+        raise ExportError("the run has not finished", code="run_not_finished", status=409)
+    document = report_document(run)
+    data_json = report_json(document)
+    if fmt == "json":
+        data = data_json
+    elif fmt == "csv":
+        data = report_csv(document)
+    else:
+        data_csv = report_csv(document)
+        pdf = _pdf(document, {"report.json": data_json, "report.csv": data_csv})
+        data = pdf if fmt == "pdf" else _pack(run, document, data_json, data_csv, pdf)
+    audit_record(
+        "compliance.report.export",
+        tenant=run.tenant,
+        resource_type="compliance_run",
+        resource_id=run.pk,
+        details={"format": fmt, "sha256": hashlib.sha256(data).hexdigest()},
+    )
+    return data
+
+
+def _pack(
+    run: ComplianceRun, document: dict[str, Any], data_json: bytes, data_csv: bytes, pdf: bytes
+) -> bytes:
+    from vault.crypto.reportpack import build_pack
+
+    from compliance.signing import report_authority, sign_detached
+
+    authority = report_authority()
+    digests = sorted({e["sha256"] for e in document["evidence"]})
+    files: dict[str, bytes] = {
+        "reports/report.json": data_json,
+        "reports/report.csv": data_csv,
+        "reports/report.pdf": pdf,
+        "audit/proofs.json": canonical.canonical_json(audit_proofs(run)),
+    }
+    for row in Evidence.objects.filter(tenant=run.tenant, sha256__in=digests):
+        files[f"evidence/{row.sha256}.json"] = bytes(row.body)
+    return build_pack(
+        files,
+        tenant=run.tenant.slug,
+        run=str(run.pk),
+        created_at=timezone.now(),
+        sign=lambda data: sign_detached(data, authority=authority),
+        signer_cert_pem=authority.signer_pem.encode("ascii"),
+        ca_cert_pem=authority.ca_pem.encode("ascii"),
+    )
