@@ -330,7 +330,8 @@ def test_a_manual_requirement_is_not_tested_until_someone_attests_it() -> None:
     )
     assert services.attestation_verifies(item)
     body = json.loads(bytes(item.body))
-    assert body["signer"] == owner.email and body["requirement"] == "7.2.4"
+    assert body["signer"] == owner.email
+    assert body["requirement"] == "7.2.4"
     run = compliance_run(tenant, checks=[NeedsPeople])
     requirement = _finding(run, "7.2.4")
     assert requirement.finding == "IN_PLACE"
@@ -487,7 +488,8 @@ def test_csv_cells_cannot_run_as_spreadsheet_formulas() -> None:
     for row in rows:
         for value in row.values():
             assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), value
-    assert neutralise("=1") == "'=1" and neutralise("a=1") == "a=1"
+    assert neutralise("=1") == "'=1"
+    assert neutralise("a=1") == "a=1"
 
 
 # --- scheduling and commands ---------------------------------------------------------------------
@@ -522,7 +524,8 @@ def test_compliance_run_command_prints_findings_and_summary(capsys) -> None:
     assert "MANUAL" in out.out
     assert "KEY-015" in out.err  # progress, one line per check
     run = ComplianceRun.objects.get()
-    assert run.trigger == "manual" and run.state == "finished"
+    assert run.trigger == "manual"
+    assert run.state == "finished"
 
 
 def test_compliance_report_command_writes_the_latest_run(tmp_path) -> None:
