@@ -9,17 +9,19 @@ network, no files), so a report's text can never pull content into the PDF. Sign
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from django.template.loader import render_to_string
 
-logger = logging.getLogger(__name__)
-
 TEMPLATE = "compliance/report.html"
 # WeasyPrint's run-time libraries on Debian (and a font to render with).
-DEBIAN_PACKAGES = ("libpango-1.0-0", "libpangoft2-1.0-0", "fonts-dejavu-core")
+DEBIAN_PACKAGES = (
+    "libpango-1.0-0",
+    "libpangoft2-1.0-0",
+    "libharfbuzz-subset0",
+    "fonts-dejavu-core",
+)
 RESULT_ORDER = ("PASS", "FAIL", "MANUAL", "ERROR", "NOT_APPLICABLE", "WAIVED")
 FINDING_ORDER = ("IN_PLACE", "NOT_IN_PLACE", "NOT_TESTED", "NOT_APPLICABLE")
 POPULATION_ORDER = ("keys", "members", "tokens", "rotations", "approvals")
@@ -70,20 +72,32 @@ def _weasyprint() -> Any:
 
 
 def _text(value: Any) -> str:
-    """One table cell's text (escaped later by the template)."""
+    """One table cell's text (escaped later by the template).
+
+    Nested records become one ``key: value`` line each, so a generic table stays readable.
+    """
     if value is None or value == "":
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, str | int | float):
         return str(value)
-    if isinstance(value, Sequence) and all(
-        isinstance(item, str | int | float | bool) for item in value
-    ):
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key}: {_text(item)}" for key, item in value.items()) or "—"
+    if isinstance(value, Sequence):
+        if all(isinstance(item, Mapping) for item in value):
+            return "\n".join(_text(item) for item in value) or "—"
         return ", ".join(_text(item) for item in value) or "—"
-    if isinstance(value, Sequence) and not value:
-        return "—"
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _words(value: Any) -> list[str]:
+    """A list of short identifiers (check ids, evidence refs), each kept on one line."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence):
+        return [_text(item) for item in value]
+    return []
 
 
 def _mark(value: Any) -> str:
@@ -91,9 +105,9 @@ def _mark(value: Any) -> str:
     return f"mark-{value}" if isinstance(value, str) and value in KNOWN_MARKS else ""
 
 
-def _counts(found: Mapping[str, Any] | None, order: Iterable[str]) -> list[dict[str, str]]:
+def _counts(found: Mapping[str, Any] | None, order: Sequence[str]) -> list[dict[str, str]]:
     found = dict(found or {})
-    names = [name for name in order] + sorted(name for name in found if name not in order)
+    names = list(order) + sorted(name for name in found if name not in order)
     return [
         {"name": name, "count": _text(found.get(name, 0)), "mark": _mark(name)} for name in names
     ]
@@ -106,22 +120,50 @@ def _generic_table(rows: Any) -> dict[str, Any]:
     for row in rows:
         columns.extend(key for key in row if key not in columns)
     return {
-        "columns": columns,
+        "columns": [column.replace("_", " ") for column in columns],
         "rows": [[_text(row.get(column)) for column in columns] for row in rows],
     }
 
 
+def _current_version(key: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The key version the inventory row describes: its current one, else its newest."""
+    versions = [v for v in key.get("versions") or [] if isinstance(v, Mapping)]
+    current = key.get("current_version")
+    for version in versions:
+        if version.get("version") == current:
+            return version
+    return versions[-1] if versions else {}
+
+
 def _key_rows(keys: Any) -> list[dict[str, Any]]:
+    """The scope table: one row per key of the inventory (``populations.keys``)."""
     rows = []
     for key in keys or []:
         if not isinstance(key, Mapping):
             continue
+        version = _current_version(key)
         versions = key.get("versions")
-        if isinstance(versions, Sequence) and not isinstance(versions, str):
-            versions = len(versions)
-        label = key.get("name") or key.get("role") or key.get("key_id") or key.get("id")
-        cells = [_text(versions if name == "versions" else key.get(name)) for name, _ in KEY_COLUMNS]
-        rows.append({"label": _text(label), "cells": cells, "unsafe": key.get("production_safe") is False})
+        facts = {
+            **{name: version.get(name) for name in ("algorithm", "size", "state")},
+            **{name: key.get(name) for name, _ in KEY_COLUMNS if key.get(name) is not None},
+            "versions": len(versions) if isinstance(versions, list) else versions,
+        }
+        label = " ".join(_text(key.get(name)) for name in ("owner", "role") if key.get(name))
+        notes = []
+        if key.get("production_safe") is False:
+            notes.append("held by a backend that is not production-safe")
+        if key.get("suspended"):
+            notes.append("suspended")
+        if key.get("unavailable"):
+            notes.append(f"backend unavailable ({_text(key.get('unavailable'))})")
+        rows.append(
+            {
+                "label": label or _text(key.get("key_id")),
+                "key_id": _text(key.get("key_id")),
+                "cells": [_text(facts.get(name)) for name, _ in KEY_COLUMNS],
+                "notes": notes,
+            }
+        )
     return rows
 
 
@@ -150,8 +192,8 @@ def report_context(report: Mapping[str, Any]) -> dict[str, Any]:
             "finding": _text(req.get("finding")),
             "mark": _mark(req.get("finding")),
             "narrative": _text(req.get("narrative")),
-            "checks": _text(req.get("checks")),
-            "evidence": _text(req.get("evidence")),
+            "checks": _words(req.get("checks")),
+            "evidence": _words(req.get("evidence")),
             "compensating": bool(req.get("compensating_control_used")),
             "violated": [
                 _text(g.get("setting"))
@@ -165,13 +207,14 @@ def report_context(report: Mapping[str, Any]) -> dict[str, Any]:
     results = [
         {
             "check": _text(result.get("check")),
-            "check_title": _text((checks.get(result.get("check")) or {}).get("title")),
+            "check_title": str((checks.get(result.get("check")) or {}).get("title") or ""),
             "status": _text(result.get("status")),
             "mark": _mark(result.get("status")),
             "severity": _text(result.get("severity")),
-            "resource": f"{_text(result.get('resource_type'))}: {_text(result.get('resource_id'))}",
+            "resource_type": _text(result.get("resource_type")),
+            "resource_id": _text(result.get("resource_id")),
             "detail": _text(result.get("detail")),
-            "evidence": _text(result.get("evidence")),
+            "evidence": _words(result.get("evidence")),
             "waived": bool(result.get("waiver")),
         }
         for result in report.get("results") or []
@@ -202,6 +245,7 @@ def report_context(report: Mapping[str, Any]) -> dict[str, Any]:
                 "trigger",
                 "started_at",
                 "finished_at",
+                "requested_by",
                 "engine_version",
                 "catalog_sha256",
             )
@@ -209,22 +253,19 @@ def report_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "generated_at": _text(report.get("generated_at")),
         "generator": _text(report.get("generator")),
         "result_counts": _counts((report.get("summary") or {}).get("results"), RESULT_ORDER),
-        "finding_counts": _counts(
-            (report.get("summary") or {}).get("requirements"), FINDING_ORDER
-        ),
+        "finding_counts": _counts((report.get("summary") or {}).get("requirements"), FINDING_ORDER),
         "key_columns": [title for _, title in KEY_COLUMNS],
         "keys": _key_rows(populations.get("keys")),
         "requirements": requirements,
         "results": results,
-        "populations": [
-            {"name": name, **_generic_table(populations.get(name))} for name in names
-        ],
+        "populations": [{"name": name, **_generic_table(populations.get(name))} for name in names],
         "waivers": _generic_table(report.get("waivers")),
         "attestations": _generic_table(report.get("attestations")),
         "integrity": {
             "verified": integrity.get("audit_verified") is True,
             "problems": [_text(p) for p in integrity.get("problems") or []],
             "anchor_event": _text(integrity.get("anchor_event")),
+            "leaves": _text(integrity.get("leaves")),
         },
         "checkpoint_start": _checkpoint(run.get("checkpoint_start")),
         "checkpoint_end": _checkpoint(run.get("checkpoint_end")),
@@ -254,8 +295,9 @@ def render_pdf(report: Mapping[str, Any], attachments: Mapping[str, bytes]) -> b
         PdfUnavailable: WeasyPrint's system libraries are missing here.
     """
     weasyprint = _weasyprint()
+    from weasyprint.urls import URLFetcher
 
-    class _NoFetch(weasyprint.urls.URLFetcher):  # type: ignore[misc,name-defined]
+    class _NoFetch(URLFetcher):
         """Refuses every URL: the report is self-contained and its text must not fetch."""
 
         def fetch(self, url: str, headers: Any = None) -> Any:

@@ -419,8 +419,8 @@ def sign_detached(data: bytes, *, authority: Authority | None = None) -> bytes:
 
 
 class BackendPdfSigner(signers.Signer):
-    """A pyHanko signer whose raw signatures come from the report signer key's backend, so the
-    private key never enters this process (ECDSA P-256 with SHA-256 only)."""
+    """A pyHanko signer whose raw signatures come from the report signer key's backend: pyHanko
+    never sees the private key (ECDSA P-256 with SHA-256 only)."""
 
     def __init__(self, authority: Authority) -> None:
         super().__init__(
@@ -447,7 +447,8 @@ def sign_pdf(pdf: bytes, *, authority: Authority | None = None) -> bytes:
 
     The signature is an incremental update holding an invisible signature field; its CMS
     carries the signer certificate and the CA certificate. It validates against the CA
-    certificate as trust root until the signer certificate expires.
+    certificate as trust root until the signer certificate expires. Call it from synchronous
+    code (a task, a command, a sync view): pyHanko runs its own event loop.
 
     Raises:
         ReportSigningUnavailable: no backend can sign now (see ``report_authority``).
