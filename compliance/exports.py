@@ -122,9 +122,8 @@ def export_run(run: ComplianceRun, fmt: str) -> bytes:
 def _pack(
     run: ComplianceRun, document: dict[str, Any], data_json: bytes, data_csv: bytes, pdf: bytes
 ) -> bytes:
-    from vault.crypto.reportpack import build_pack
-
     from compliance.signing import report_authority, sign_detached
+    from vault.crypto.reportpack import build_pack
 
     authority = report_authority()
     digests = sorted({e["sha256"] for e in document["evidence"]})
@@ -135,7 +134,23 @@ def _pack(
         "audit/proofs.json": canonical.canonical_json(audit_proofs(run)),
     }
     for row in Evidence.objects.filter(tenant=run.tenant, sha256__in=digests):
-        files[f"evidence/{row.sha256}.json"] = bytes(row.body)
+        body = bytes(row.body)
+        # Evidence is stored under its digest and the digest is in the audit log: a body that
+        # no longer hashes to it was changed after the run, and the pack would carry a lie.
+        if hashlib.sha256(body).hexdigest() != row.sha256:
+            raise ExportError(
+                f"evidence {row.sha256} was altered after the run recorded it",
+                code="evidence_altered",
+                status=409,
+            )
+        files[f"evidence/{row.sha256}.json"] = body
+    missing = set(digests) - {name[len("evidence/") : -len(".json")] for name in files}
+    if missing:
+        raise ExportError(
+            f"evidence {sorted(missing)[0]} of the run is missing",
+            code="evidence_missing",
+            status=409,
+        )
     return build_pack(
         files,
         tenant=run.tenant.slug,
