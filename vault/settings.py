@@ -333,7 +333,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
-    "ENUM_NAME_OVERRIDES": {"RoleEnum": "vault.tenants.models.Role"},
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "vault.tenants.models.Role",
+        "WaiverStateEnum": "compliance.models.WaiverState",
+        "RunStateEnum": "compliance.models.RunState",
+    },
 }
 
 # Celery: Redis when REDIS_URL is set; otherwise tasks run eagerly in-process and the embedded

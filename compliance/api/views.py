@@ -204,7 +204,7 @@ class WaiverSerializer(serializers.ModelSerializer[Waiver]):
         ]
 
 
-class DecisionSerializer(serializers.Serializer[Any]):
+class WaiverDecisionSerializer(serializers.Serializer[Any]):
     approve = serializers.BooleanField()
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
@@ -247,11 +247,11 @@ class WaiverViewSet(
             raise _error(exc.status, exc.code, str(exc)) from exc
         return Response(WaiverSerializer(waiver).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=DecisionSerializer, responses={200: WaiverSerializer})
+    @extend_schema(request=WaiverDecisionSerializer, responses={200: WaiverSerializer})
     @action(detail=True, methods=["post"])
     def decide(self, request: Request, pk: int | None = None) -> Response:
         waiver = self.get_object()
-        incoming = DecisionSerializer(data=request.data)
+        incoming = WaiverDecisionSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         try:
             waiver = services.waiver_decide(
