@@ -83,6 +83,8 @@ try:
     VAULT_KEY_BACKENDS = env_json("VAULT_KEY_BACKENDS", None)
     VAULT_SIGNING_BACKEND = env_str("VAULT_SIGNING_BACKEND", "")
     VAULT_REPORT_SIGNING_BACKEND = env_str("VAULT_REPORT_SIGNING_BACKEND", "")
+    # PCI-DSS 3.6.1: keys in the care of the fewest custodians (KEY-005's ceiling per tenant).
+    VAULT_MAX_CUSTODIANS = env_int("VAULT_MAX_CUSTODIANS", 5, minimum=1, maximum=50)
     VAULT_AUDIT_ORIGIN = env_str("VAULT_AUDIT_ORIGIN", "ciphervault.local")
     # PCI-DSS 10.5.1: at least 12 months of audit history.
     VAULT_AUDIT_RETENTION_DAYS = env_int("VAULT_AUDIT_RETENTION_DAYS", 400, minimum=365)
