@@ -20,6 +20,7 @@ from kms_plugins.errors import KeyBackendError
 from kms_plugins.types import KeyRef
 from vault.client import audit
 from vault.client import config as cfg
+from vault.client import report as packs
 from vault.client.api import Api
 from vault.client.errors import (
     AuditCheckFailed,
@@ -28,6 +29,8 @@ from vault.client.errors import (
     ConfigurationError,
     DecryptionFailed,
     NoKeyConfigured,
+    ReportCheckFailed,
+    ReportUnanchored,
 )
 from vault.client.keys import KeyRing, KeySpec, backend_failure
 from vault.client.progress import Progress
@@ -416,7 +419,31 @@ def cmd_trust_save(args: argparse.Namespace, vault: Vault) -> int:
             "the new checkpoint extends the saved one."
         )
     print(f"Saved in {saved.path}")
+    _trust_save_report_ca(vault, directory, replace=args.replace_keys)
     return 0
+
+
+def _trust_save_report_ca(vault: Vault, directory: Path, *, replace: bool) -> None:
+    """The report CA part of ``trust save``: trust on first use, refuse another unless told."""
+    ca = packs.report_ca_save(vault.api, directory, replace=replace)
+    if ca is None:
+        _say(
+            "cvault: note: the server has no report CA (GET /api/v1/compliance/ca/ answered "
+            "404: an older server); evidence packs cannot be anchored until it has one."
+        )
+        return
+    subject = _printable(ca.subject)
+    if ca.replaced:
+        _say(f"cvault: WARNING: the trusted report CA was REPLACED by the server's ({subject}).")
+        _say("cvault: WARNING: trust it only after comparing it out of band; before, it was:")
+        _say(f"  SHA-256 {ca.previous_fingerprint}")
+    if ca.unchanged:
+        print(f"The report CA {subject} is unchanged (SHA-256 {ca.fingerprint}).")
+        return
+    print(f"Trusting the report CA {subject} on first use.")
+    print("Compare its SHA-256 fingerprint with the one your administrator published:")
+    print(f"  {ca.fingerprint}")
+    print(f"Saved in {ca.path}")
 
 
 def _verdict(report: BundleReport, saved: audit.TrustedLog | None) -> str:
@@ -453,6 +480,59 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"FAILED: {_printable(str(exc))} [{exc.code}]")
         return exc.exit_code
     print(_verdict(verdict.report, verdict.saved))
+    return 0
+
+
+# -- compliance evidence packs: offline verification ---------------------------------------------
+
+#: The most problems ``report verify`` prints (a pack with every file changed has thousands).
+MAX_PROBLEMS_SHOWN = 50
+
+
+def _pack_verdict(verdict: packs.ReportVerdict) -> str:
+    facts = verdict.report
+    audit_part = ""
+    if facts.audit_origin is not None:
+        keys = (
+            "signed by the audit keys saved for it"
+            if facts.audit_keys_saved
+            else "signed by the keys the manifest vouches for (no audit keys saved for it)"
+        )
+        audit_part = (
+            f"; audit log {_printable(facts.audit_origin)} from size {facts.audit_start_size} to "
+            f"{facts.audit_end_size}, {keys}, {facts.anchors} anchor event(s) proved in"
+        )
+    return (
+        f"verified: evidence pack of tenant {_printable(facts.tenant)}, run {facts.run}, "
+        f"created {facts.created_at}: {facts.files} file(s), manifest signed by "
+        f"{_printable(facts.signer_subject)}, issued by the trusted report CA "
+        f"{_printable(facts.ca_subject)} (SHA-256 {facts.ca_fingerprint}){audit_part}"
+    )
+
+
+def cmd_report_verify(args: argparse.Namespace) -> int:
+    """Verify a compliance evidence pack offline; print a verdict and every problem.
+
+    Exit status: 0 verified, 1 failed, 2 unanchored (no CA certificate trusted).
+    """
+    try:
+        data = packs.read_pack(args.pack)
+        verdict = packs.report_verify(data, directory=cfg.config_dir(), trust=args.trust)
+    except ReportUnanchored as exc:
+        print(f"UNANCHORED: {_printable(str(exc))}")
+        if exc.pack_ca_fingerprint:
+            _say("The pack's CA certificate has this SHA-256 (unverified; compare it out of band):")
+            _say(f"  {exc.pack_ca_fingerprint}")
+        _say("Then run 'cvault trust save' against the server, or pass --trust CERT.")
+        return exc.exit_code
+    except ReportCheckFailed as exc:
+        print(f"FAILED: {_printable(str(exc))} [{exc.code}]")
+        for problem in exc.problems[:MAX_PROBLEMS_SHOWN]:
+            print(f"  - {_printable(problem)}")
+        if len(exc.problems) > MAX_PROBLEMS_SHOWN:
+            print(f"  ... and {len(exc.problems) - MAX_PROBLEMS_SHOWN} more")
+        return exc.exit_code
+    print(_pack_verdict(verdict))
     return 0
 
 
@@ -532,15 +612,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = key_commands.add_parser("show", help="show the configured keys")
     show.set_defaults(handler=cmd_key_show, needs_vault=False)
 
-    trust = commands.add_parser("trust", help="trust your tenant's audit log")
+    trust = commands.add_parser("trust", help="trust your tenant's audit log and the report CA")
     trust_commands = trust.add_subparsers(dest="trust_command", required=True, metavar="ACTION")
     save = trust_commands.add_parser(
-        "save", help="save the audit log's keys and latest checkpoint, or move it forward"
+        "save",
+        help="save the audit log's keys and latest checkpoint (or move it forward) and the "
+        "report CA certificate",
     )
     save.add_argument(
         "--replace-keys",
         action="store_true",
-        help="trust the server's current keys instead of the saved ones (check them first)",
+        help="trust the server's current keys and report CA instead of the saved ones (check "
+        "them first)",
     )
     save.set_defaults(handler=cmd_trust_save, needs_vault=True)
 
@@ -558,6 +641,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also trust this key: a verifier key (name+id+base64) or a PEM public key file",
     )
     verify.set_defaults(handler=cmd_audit_verify, needs_vault=False)
+
+    report_parser = commands.add_parser("report", help="check compliance evidence packs offline")
+    report_commands = report_parser.add_subparsers(
+        dest="report_command", required=True, metavar="ACTION"
+    )
+    pack_verify = report_commands.add_parser("verify", help="verify an evidence pack offline")
+    pack_verify.add_argument("pack", metavar="PACK", help="the pack (.zip; '-' reads stdin)")
+    pack_verify.add_argument(
+        "--trust",
+        metavar="CERT",
+        help="trust this report CA certificate (PEM file) instead of the saved one",
+    )
+    pack_verify.set_defaults(handler=cmd_report_verify, needs_vault=False)
 
     put = commands.add_parser("put", help="upload a file")
     put.add_argument("file", metavar="FILE")

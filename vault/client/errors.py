@@ -127,3 +127,46 @@ class AuditUnanchored(ConfigurationError):
         super().__init__(message)
         self.origin = origin
         self.signing_keys = signing_keys
+
+
+class ReportCheckFailed(ClientError):
+    """An evidence pack, or the report CA certificate the server sent, failed a check: a file
+    edited, added or removed, a manifest that does not verify, a signer the trusted CA did not
+    issue, a tampered audit proof, a malformed pack.
+
+    Attributes:
+        code: the stable code of the failure (``pack_verification_failed``, ``pack_malformed``,
+            ``report_ca_invalid``, ...).
+        problems: each failed check of a pack, naming the file and what is wrong (may be empty).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "pack_verification_failed",
+        problems: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.problems = problems
+
+
+class UnknownReportCa(ReportCheckFailed):
+    """The server's report CA certificate is not the one saved: the CA changed, or someone else
+    answers. ``cvault trust save --replace-keys`` trusts the new one, after an out-of-band check
+    of its fingerprint."""
+
+
+class ReportUnanchored(ConfigurationError):
+    """No report CA certificate is trusted (``cvault trust save`` or ``--trust``): everything
+    else in the pack verified, but only against the pack's own copy of the CA, which anyone could
+    have made.
+
+    Attributes:
+        pack_ca_fingerprint: the SHA-256 of the pack's CA copy (unverified; compare it out of
+            band).
+    """
+
+    def __init__(self, message: str, *, pack_ca_fingerprint: str) -> None:
+        super().__init__(message)
+        self.pack_ca_fingerprint = pack_ca_fingerprint
