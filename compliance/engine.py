@@ -57,6 +57,16 @@ class RunFailed(Exception):
     code = "compliance_run_failed"
 
 
+def results_sha256(rows: Iterable[list[Any]]) -> str:
+    """The digest the anchor event carries for a run's results.
+
+    Each row is ``[finding id, check, check version, status, detail, sorted evidence digests]``;
+    the rows are sorted, so a verifier can recompute it from the report's results in any order
+    (``vault.crypto.reportpack`` does).
+    """
+    return hashlib.sha256(canonical.canonical_json(sorted(rows))).hexdigest()
+
+
 def finding_id(check_id: str, tenant: Tenant, resource_type: str, resource_id: str) -> str:
     """The stable id of a finding: the same check on the same resource keeps it across runs."""
     text = f"{check_id}|{tenant.slug}|{resource_type}|{resource_id}"
@@ -305,14 +315,10 @@ def _evaluate(
                 attestations=[a.pk for a in attested],
             )
         )
-    results_digest = hashlib.sha256(
-        canonical.canonical_json(
-            [
-                [r.finding_id, r.check_id, r.check_version, r.status, r.detail, r.evidence]
-                for r in rows
-            ]
-        )
-    ).hexdigest()
+    results_digest = results_sha256(
+        [r.finding_id, r.check_id, r.check_version, str(r.status), r.detail, r.evidence]
+        for r in rows
+    )
     summary = {
         "results": dict(Counter(str(r.status) for r in rows)),
         "requirements": dict(Counter(str(r.finding) for r in requirement_rows)),

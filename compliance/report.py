@@ -17,6 +17,7 @@ from django.utils import timezone
 from compliance import catalog
 from compliance.checks import all_checks
 from compliance.models import Attestation, CheckResult, ComplianceRun, Evidence, Waiver
+from vault.audit.models import AuditEvent
 from vault.audit.services import log_of, origin_of_log
 from vault.crypto import canonical
 from vault.crypto.auditbundle import format_time
@@ -63,7 +64,9 @@ def report_document(run: ComplianceRun) -> dict[str, Any]:
     results = list(
         CheckResult.objects.filter(run=run).order_by("check_id", "resource_type", "resource_id")
     )
-    digests = sorted({d for r in results for d in r.evidence} | _populations_digest(run))
+    digests = sorted(
+        {d for r in results for d in r.evidence} | _populations_digest(run) | anchored_evidence(run)
+    )
     evidence_rows = {
         e.sha256: e for e in Evidence.objects.filter(tenant=tenant, sha256__in=digests)
     }
@@ -192,6 +195,17 @@ def report_document(run: ComplianceRun) -> dict[str, Any]:
         "generated_at": format_time(timezone.now()),
         "generator": f"ciphervault compliance engine {run.engine_version}",
     }
+
+
+def anchored_evidence(run: ComplianceRun) -> set[str]:
+    """The evidence digests the run's anchor event lists (every piece the checks captured)."""
+    if run.anchor_event is None:
+        return set()
+    leaf = AuditEvent.objects.filter(uuid=run.anchor_event).values_list("leaf", flat=True).first()
+    if leaf is None:
+        return set()
+    details = json.loads(bytes(leaf)).get("details", {})
+    return {d for d in details.get("evidence", []) if isinstance(d, str)}
 
 
 def _populations_digest(run: ComplianceRun) -> set[str]:

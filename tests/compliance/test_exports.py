@@ -18,6 +18,7 @@ from tests.compliance.test_pdf import embedded_files, pdftotext
 from tests.compliance.test_signing import validate
 from tests.factories import make_tenant
 from vault.audit.models import AuditEvent
+from vault.crypto.canonical import canonical_json
 
 pytestmark = pytest.mark.django_db
 
@@ -102,3 +103,94 @@ def test_unknown_formats_and_unfinished_runs_are_refused(run) -> None:
     with pytest.raises(ExportError) as unfinished:
         export_run(run, "json")
     assert unfinished.value.code == "run_not_finished"
+
+
+# --- evidence packs of a real run ----------------------------------------------------------------
+
+
+def _verify(pack: bytes, ca: str | bytes | None):
+    from vault.crypto.reportpack import verify_pack
+
+    trusted = ca.encode("ascii") if isinstance(ca, str) else ca
+    return verify_pack(pack, trusted_ca_pem=trusted)
+
+
+def _resign(files: dict[str, bytes], run, sign, signer_pem: bytes, ca_pem: bytes) -> bytes:
+    from django.utils import timezone
+
+    from vault.crypto.reportpack import build_pack
+
+    return build_pack(
+        files,
+        tenant=run.tenant.slug,
+        run=str(run.pk),
+        created_at=timezone.now(),
+        sign=sign,
+        signer_cert_pem=signer_pem,
+        ca_cert_pem=ca_pem,
+    )
+
+
+def test_a_real_pack_verifies_and_every_tampering_fails(run) -> None:
+    from tests.crypto.test_reportpack import members, new_pki, rezip
+
+    pack = export_run(run, "pack")
+    ca = ca_certificate_pem()
+    report = _verify(pack, ca)
+    assert report.verified, report.problems
+    assert report.anchor_events == (str(run.anchor_event),)
+    content = members(pack)
+    assert {"reports/report.pdf", "reports/report.csv", "audit/proofs.json", "VERIFY.md"} <= set(
+        content
+    )
+    assert any(name.startswith("evidence/") for name in content)
+    evidence = next(name for name in content if name.startswith("evidence/"))
+    edited = bytearray(content["reports/report.csv"])
+    edited[-3] ^= 1
+    manifest = json.loads(content["manifest.json"])
+    manifest["tenant"] = "globex"
+    tampered = {
+        "edited": rezip(pack, replace={"reports/report.csv": bytes(edited)}),
+        "added": rezip(pack, add={"evidence/" + "0" * 64 + ".json": b"{}"}),
+        "removed": rezip(pack, remove=(evidence,)),
+        "manifest edited": rezip(pack, replace={"manifest.json": canonical_json(manifest)}),
+    }
+    attacker = new_pki()
+    files = {
+        k: v for k, v in content.items() if k.split("/")[0] in {"reports", "evidence", "audit"}
+    }
+    tampered["re-signed with another key"] = _resign(
+        files, run, attacker.sign, attacker.signer_pem, attacker.ca_pem
+    )
+    for what, forged in tampered.items():
+        verdict = _verify(forged, ca)
+        assert not verdict.verified, what
+        assert verdict.problems, what
+    assert not _verify(pack, None).verified, "nothing trusted: unanchored"
+
+
+def test_the_report_key_alone_cannot_change_a_runs_results(run) -> None:
+    """Whoever holds the report-signing key (or the database) and re-signs a pack with changed
+    results is caught by the run's anchor event in the tenant's audit log."""
+    from compliance.signing import report_authority, sign_detached
+    from tests.crypto.test_reportpack import members
+
+    content = members(export_run(run, "pack"))
+    document = json.loads(content["reports/report.json"])
+    failing = next(r for r in document["results"] if r["status"] == "FAIL")
+    failing["status"] = "PASS"
+    files = {
+        k: v for k, v in content.items() if k.split("/")[0] in {"reports", "evidence", "audit"}
+    }
+    files["reports/report.json"] = json.dumps(document).encode()
+    authority = report_authority()
+    forged = _resign(
+        files,
+        run,
+        lambda data: sign_detached(data, authority=authority),
+        authority.signer_pem.encode(),
+        authority.ca_pem.encode(),
+    )
+    verdict = _verify(forged, ca_certificate_pem())
+    assert not verdict.verified
+    assert any("results_sha256 of the anchor event differs" in p for p in verdict.problems)

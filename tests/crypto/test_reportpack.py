@@ -194,6 +194,55 @@ class Audit:
         return canonical_json(document)
 
 
+EVIDENCE_DIGEST = hashlib.sha256(EVIDENCE).hexdigest()
+
+
+def report_document(**changes: Any) -> dict[str, Any]:
+    """A report of run RUN with one result whose evidence is the pack's evidence file."""
+    document: dict[str, Any] = {
+        "format": "ciphervault-compliance-report/1",
+        "run": {"id": RUN},
+        "evidence": [{"ref": "E-0001", "sha256": EVIDENCE_DIGEST}],
+        "results": [
+            {
+                "finding_id": "f" * 64,
+                "check": "KEY-008",
+                "check_version": "1.0.0",
+                "status": "PASS",
+                "detail": "The key is younger than its cryptoperiod.",
+                "evidence": ["E-0001"],
+            }
+        ],
+    }
+    document.update(changes)
+    return document
+
+
+def results_digest(document: dict[str, Any]) -> str:
+    refs = {e["ref"]: e["sha256"] for e in document["evidence"]}
+    rows = sorted(
+        [
+            r["finding_id"],
+            r["check"],
+            r["check_version"],
+            r["status"],
+            r["detail"],
+            sorted(refs[x] for x in r["evidence"]),
+        ]
+        for r in document["results"]
+    )
+    return hashlib.sha256(canonical_json(rows)).hexdigest()
+
+
+def anchor_details() -> dict[str, Any]:
+    """What the run's compliance.evidence event records (compliance/engine.py)."""
+    return {
+        "run": RUN,
+        "evidence": [EVIDENCE_DIGEST],
+        "results_sha256": results_digest(report_document()),
+    }
+
+
 def new_audit() -> Audit:
     """Checkpoints at sizes 4 (the run's start) and 11 (its end); the anchor event at 8."""
     log = Log(*new_signer())
@@ -201,7 +250,7 @@ def new_audit() -> Audit:
     start = log.checkpoint()
     log.add_events(4)
     anchor = len(log.leaves)
-    log.add(event(anchor, type="compliance.evidence", details={"digests": [EVIDENCE_PATH[9:-5]]}))
+    log.add(event(anchor, type="compliance.evidence", details=anchor_details()))
     log.add_events(2)
     end = log.checkpoint()
     return Audit(log, start, end, anchor)
@@ -211,7 +260,7 @@ def pack_files(audit: Audit, changes: Mapping[str, bytes | None] | None = None) 
     """The files a pack holds besides what ``build_pack`` adds, with ``changes`` (None:
     removed)."""
     files: dict[str, bytes] = {
-        "reports/report.json": canonical_json({"format": "ciphervault-compliance-report/1"}),
+        "reports/report.json": canonical_json(report_document()),
         "reports/report.csv": b"requirement,check,resource\r\n3.7.4,KEY-008,k1\r\n",
         "reports/report.pdf": b"%PDF-1.7\n" + bytes(range(256)) * 64,
         EVIDENCE_PATH: EVIDENCE,
@@ -980,7 +1029,8 @@ def test_it_requires_audit_proofs_unless_told_otherwise(pki: Pki, audit: Audit) 
 def test_it_accepts_a_run_that_started_on_an_empty_log(pki: Pki) -> None:
     log = Log(*new_signer())
     start = log.checkpoint()
-    log.add_events(3)
+    log.add_events(2)
+    log.add(event(2, type="compliance.evidence", details=anchor_details()))
     end = log.checkpoint()
     proofs = build_audit_proofs(
         origin=ORIGIN, keys=[log.key], start=start, end=end, tree=log.tree,
@@ -1147,7 +1197,7 @@ def test_it_bounds_the_member_count(pack: bytes, pki: Pki) -> None:
 
 
 def test_it_bounds_the_total_uncompressed_size_before_inflating(pki: Pki, audit: Audit) -> None:
-    files = pack_files(audit, {"evidence/zeros.json": b"\0" * (8 << 20)})
+    files = pack_files(audit, {"reports/zeros.bin": b"\0" * (8 << 20)})
     pack = make_pack(pki, audit, files)
     assert len(pack) < 100_000
     message = _refused(PackTooLarge, pack, pki, max_uncompressed=4 << 20)
@@ -1374,3 +1424,45 @@ def test_it_refuses_to_write_a_signature_that_does_not_verify(
     sign = signature if signature is not None else attacker.sign
     with pytest.raises(PackSigningFailed):
         _build(pki, audit, sign=sign)
+
+
+# --------------------------------------------------------------------------------------------
+# The run's anchor event vouches for the evidence and the results
+
+
+def test_it_catches_results_changed_and_re_signed_with_the_report_key(
+    pki: Pki, audit: Audit
+) -> None:
+    """Whoever holds the report-signing key still cannot change the results: the tenant's
+    audit log recorded their digest."""
+    forged = report_document()
+    forged["results"][0]["status"] = "FAIL"
+    pack = make_pack(pki, audit, pack_files(audit, {"reports/report.json": canonical_json(forged)}))
+    problems = _problems(pack, pki)
+    assert problems == [
+        "reports/report.json: its results are not the ones the run recorded in the audit log "
+        "(results_sha256 of the anchor event differs)"
+    ]
+
+
+def test_it_catches_evidence_dropped_and_re_signed_with_the_report_key(
+    pki: Pki, audit: Audit
+) -> None:
+    files = pack_files(audit, {EVIDENCE_PATH: None})
+    pack = make_pack(pki, audit, files)
+    problems = _problems(pack, pki)
+    assert any("lists other evidence than the pack holds" in p for p in problems), problems
+
+
+def test_it_catches_a_pack_of_another_run(pki: Pki, audit: Audit) -> None:
+    pack = build_pack(
+        pack_files(audit),
+        tenant=TENANT,
+        run="11111111-2222-4333-8444-555555555555",
+        created_at=CREATED,
+        sign=pki.sign,
+        signer_cert_pem=pki.signer_pem,
+        ca_cert_pem=pki.ca_pem,
+    )
+    problems = _problems(pack, pki)
+    assert any("no proved compliance.evidence event of run" in p for p in problems), problems

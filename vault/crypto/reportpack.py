@@ -120,6 +120,10 @@ MAX_MANIFEST_BYTES = 16 << 20
 MAX_SIGNATURE_FILE_BYTES = 512
 MAX_CERTIFICATE_BYTES = 64 << 10
 MAX_PROOFS_BYTES = 16 << 20
+#: Largest ``reports/report.json`` read to check it against the run's anchor event.
+MAX_REPORT_BYTES = 256 << 20
+REPORT_PATH = "reports/report.json"
+EVIDENCE_PREFIX = "evidence/"
 #: Most anchors and audit keys in ``audit/proofs.json``.
 MAX_ANCHORS = 10_000
 MAX_AUDIT_KEYS = 16
@@ -906,6 +910,7 @@ class _AuditFacts:
     end_size: int | None = None
     anchors: int = 0
     anchor_events: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # the anchors proved in
     saved_keys: bool = False
 
 
@@ -1005,7 +1010,74 @@ def _check_proofs(
             continue
         facts.anchors += 1
         facts.anchor_events.append(event["id"])
+        facts.events.append(event)
     return facts
+
+
+def _check_run_anchor(
+    data: bytes,
+    members: Mapping[str, _Member],
+    manifest: _Manifest,
+    audit: _AuditFacts,
+    problems: list[str],
+) -> None:
+    """The run's ``compliance.evidence`` event, proved into the tenant's audit log above, must
+    name exactly the pack's evidence files and the digest of the report's results: the log
+    vouches for them under the tenant's key, independently of the report signer's."""
+    events = [
+        e
+        for e in audit.events
+        if e.get("type") == "compliance.evidence"
+        and isinstance(e.get("details"), dict)
+        and e["details"].get("run") == manifest.run
+    ]
+    if not events:
+        problems.append(
+            f"{PROOFS_PATH}: no proved compliance.evidence event of run {manifest.run}: nothing "
+            "in the audit log vouches for this run's evidence"
+        )
+        return
+    details = events[0]["details"]
+    listed = details.get("evidence")
+    files = {
+        entry.path[len(EVIDENCE_PREFIX) : -len(".json")]
+        for entry in manifest.files
+        if entry.path.startswith(EVIDENCE_PREFIX)
+    }
+    if type(listed) is not list or set(listed) != files:
+        problems.append(
+            f"{PROOFS_PATH}: the run's anchor event lists other evidence than the pack holds "
+            f"({len(files)} file(s) in the pack)"
+        )
+    if REPORT_PATH not in members:
+        problems.append(f"{REPORT_PATH}: missing: the results cannot be checked against the log")
+        return
+    try:
+        report = _strict_json(_read_member(data, members[REPORT_PATH], MAX_REPORT_BYTES))
+        refs = {e["ref"]: e["sha256"] for e in report["evidence"]}
+        rows = sorted(
+            [
+                r["finding_id"],
+                r["check"],
+                r["check_version"],
+                r["status"],
+                r["detail"],
+                sorted(refs[ref] for ref in r["evidence"]),
+            ]
+            for r in report["results"]
+        )
+        digest = hashlib.sha256(canonical_json(rows)).hexdigest()
+        same_run = report["run"]["id"] == manifest.run
+    except (_Corrupt, _Malformed, KeyError, TypeError, NotCanonicalizable) as exc:
+        problems.append(f"{REPORT_PATH}: cannot be read as a report: {exc}")
+        return
+    if not same_run:
+        problems.append(f"{REPORT_PATH}: the report is of another run than the manifest's")
+    if not hmac.compare_digest(str(details.get("results_sha256", "")), digest):
+        problems.append(
+            f"{REPORT_PATH}: its results are not the ones the run recorded in the audit log "
+            "(results_sha256 of the anchor event differs)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1238,6 +1310,10 @@ def verify_pack(
             problems.append(f"{PROOFS_PATH}: cannot be read: {exc}")
         else:
             audit = _check_proofs(raw_proofs, audit_trust, problems)
+            # The last line of defence, against a holder of the report-signing key: it runs
+            # once everything else verified (a failure above is reported already).
+            if audit is not None and not problems:
+                _check_run_anchor(data, members, manifest, audit, problems)
 
     return PackReport(
         anchored=trusted is not None,
