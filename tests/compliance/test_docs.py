@@ -11,10 +11,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "compliance.md"
 
 
 def test_the_check_table_lists_every_check_with_its_requirements() -> None:
-    rows = {
-        match.group(1): match.group(2)
-        for match in re.finditer(r"^\| `([A-Z]+-\d{3})` \|[^|]*\| ([^|]*) \|", DOC.read_text(), re.M)
-    }
+    row = re.compile(r"^\| `([A-Z]+-\d{3})` \|[^|]*\| ([^|]*) \|", re.M)
+    rows = {match.group(1): match.group(2) for match in row.finditer(DOC.read_text())}
     registered = {check.id: check for check in all_checks()}
     assert set(rows) == set(registered)
     for check_id, refs in rows.items():
