@@ -136,7 +136,13 @@ class RunViewSet(
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("format", str, enum=list(FORMATS), default="json"),
+            OpenApiParameter(
+                "type",
+                str,
+                enum=list(FORMATS),
+                default="json",
+                description="The export's type (not `format`, which DRF keeps for renderers).",
+            ),
         ],
         responses={
             (200, "application/octet-stream"): OpenApiTypes.BINARY,
@@ -149,7 +155,7 @@ class RunViewSet(
     @action(detail=True, methods=["get"])
     def export(self, request: Request, pk: str | None = None) -> HttpResponse:
         run = self.get_object()
-        fmt = request.query_params.get("format") or "json"
+        fmt = request.query_params.get("type") or "json"
         try:
             data = export_run(run, fmt)
         except ExportError as exc:
