@@ -41,11 +41,13 @@ from compliance.models import (
     Waiver,
     WaiverState,
 )
-from compliance.services import attestation_verifies
+from compliance.services import attestation_verifies, waiver_holds
 from kms_plugins.errors import KeyBackendError
 from vault.audit.context import acting_as
+from vault.audit.models import PLATFORM_LOG
 from vault.audit.services import audit_integrate, audit_record, latest_checkpoint, log_of
 from vault.crypto import canonical
+from vault.crypto.reportpack import digest_rows
 from vault.tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -55,16 +57,6 @@ ENGINE_VERSION = "1.0.0"
 
 class RunFailed(Exception):
     code = "compliance_run_failed"
-
-
-def results_sha256(rows: Iterable[list[Any]]) -> str:
-    """The digest the anchor event carries for a run's results.
-
-    Each row is ``[finding id, check, check version, status, detail, sorted evidence digests]``;
-    the rows are sorted, so a verifier can recompute it from the report's results in any order
-    (``vault.crypto.reportpack`` does).
-    """
-    return hashlib.sha256(canonical.canonical_json(sorted(rows))).hexdigest()
 
 
 def finding_id(check_id: str, tenant: Tenant, resource_type: str, resource_id: str) -> str:
@@ -116,16 +108,34 @@ def _run_check(check: Check, ctx: Context) -> list[Outcome]:
 
 
 def active_waivers(tenant: Tenant, now: datetime) -> list[Waiver]:
-    return list(Waiver.objects.filter(tenant=tenant, state=WaiverState.ACTIVE, expires_at__gt=now))
+    """The tenant's waivers in force at ``now`` whose approvals hold up (``waiver_holds``)."""
+    return [
+        waiver
+        for waiver in Waiver.objects.filter(
+            tenant=tenant, state=WaiverState.ACTIVE, expires_at__gt=now
+        ).select_related("tenant")
+        if waiver_holds(waiver)
+    ]
 
 
 def valid_attestations(tenant: Tenant, now: datetime) -> dict[str, list[Attestation]]:
     """The tenant's attestations valid at ``now``, by requirement."""
     found: dict[str, list[Attestation]] = defaultdict(list)
-    for item in Attestation.objects.filter(
-        tenant=tenant, signed_at__lte=now, valid_until__gt=now
-    ).order_by("-signed_at"):
-        if attestation_verifies(item):  # one edited in the database counts for nothing
+    items = list(
+        Attestation.objects.filter(tenant=tenant, signed_at__lte=now, valid_until__gt=now)
+        .select_related("tenant", "signer")
+        .order_by("-signed_at")
+    )
+    keys = None
+    if items:
+        from vault.audit.services import log_signer
+
+        try:
+            keys = log_signer(log_of(tenant)).all_keys
+        except Exception:
+            return found  # no key to check them against: none counts
+    for item in items:
+        if attestation_verifies(item, keys):  # one edited in the database counts for nothing
             found[item.requirement].append(item)
     return found
 
@@ -195,14 +205,55 @@ def compliance_run(
     return run_evaluate(run, checks=checks, progress=progress)
 
 
+RUN_STALE_AFTER = timedelta(hours=2)
+
+
+class RunInProgress(Exception):
+    code = "run_in_progress"
+    status = 409
+
+
 def run_start(
-    tenant: Tenant, *, trigger: str, requested_by: str = "", now: datetime | None = None
+    tenant: Tenant,
+    *,
+    trigger: str,
+    requested_by: str = "",
+    now: datetime | None = None,
+    exclusive: bool = False,
 ) -> ComplianceRun:
-    """Record a run's start: its row, the audit checkpoint then, and a ``compliance.run`` event."""
+    """Record a run's start: its row, the audit checkpoint then, and a ``compliance.run`` event.
+
+    Raises:
+        RunInProgress: ``exclusive`` and another run of the tenant started less than two hours
+            ago is still running (on-demand runs queue behind nothing; ask again later).
+    """
+    if (
+        exclusive
+        and ComplianceRun.objects.filter(
+            tenant=tenant,
+            state=RunState.RUNNING,
+            started_at__gte=timezone.now() - RUN_STALE_AFTER,
+        ).exists()
+    ):
+        raise RunInProgress("a compliance run of this tenant is already running")
+    from compliance.checks.logs import pending_events
+
     with acting_as("compliance"):
+        pending = {}
+        for log in (log_of(tenant), PLATFORM_LOG):
+            facts = pending_events(log)
+            oldest = facts["oldest_pending"]
+            pending[log] = {
+                "pending": facts["pending"],
+                "oldest_pending": oldest.isoformat() if oldest else None,
+                "newest_checkpoint": facts["newest_checkpoint"].isoformat()
+                if facts["newest_checkpoint"]
+                else None,
+            }
         start = _checkpoint_facts(log_of(tenant))
         with transaction.atomic():
             run = ComplianceRun.objects.create(
+                pending_at_start=pending,
                 tenant=tenant,
                 trigger=trigger,
                 requested_by=requested_by[:200],
@@ -256,6 +307,13 @@ def _evaluate(
     progress: Callable[[str], None] | None,
 ) -> None:
     ctx = Context(tenant, moment)
+    ctx.shared["pending_at_start"] = {
+        log: {
+            key: datetime.fromisoformat(value) if key != "pending" and value else value
+            for key, value in facts.items()
+        }
+        for log, facts in run.pending_at_start.items()
+    }
     waivers = active_waivers(tenant, moment)
     attestations = valid_attestations(tenant, moment)
     rows: list[CheckResult] = []
@@ -315,14 +373,28 @@ def _evaluate(
                 attestations=[a.pk for a in attested],
             )
         )
-    results_digest = results_sha256(
+    # The anchor event carries these, computed as vault.crypto.reportpack.report_digests
+    # recomputes them from a report: the audit log vouches for the results and the findings.
+    results_digest = digest_rows(
         [r.finding_id, r.check_id, r.check_version, str(r.status), r.detail, r.evidence]
         for r in rows
+    )
+    findings_digest = digest_rows(
+        [
+            r.ref,
+            str(r.finding),
+            r.narrative,
+            r.compensating_control_used,
+            r.guardrails,
+            sorted(r.attestations),
+        ]
+        for r in requirement_rows
     )
     summary = {
         "results": dict(Counter(str(r.status) for r in rows)),
         "requirements": dict(Counter(str(r.finding) for r in requirement_rows)),
         "results_sha256": results_digest,
+        "findings_sha256": findings_digest,
     }
     summary["populations"] = ctx.evidence("populations", populations.collect(ctx))
     integrity = ctx.shared.get("audit_verify")
@@ -358,8 +430,17 @@ def _evaluate(
                 "run": str(run.pk),
                 "catalog_sha256": run.catalog_sha256,
                 "results_sha256": results_digest,
+                "findings_sha256": findings_digest,
+                "integrity": {
+                    "ok": bool(integrity.get("ok")) if integrity else False,
+                    "leaves": int(integrity.get("leaves", 0)) if integrity else 0,
+                },
                 "evidence": sorted(ctx.evidence_bodies),
-                "summary": {k: v for k, v in summary.items() if k != "results_sha256"},
+                "summary": {
+                    k: v
+                    for k, v in summary.items()
+                    if k not in ("results_sha256", "findings_sha256")
+                },
             },
         )
         run.summary = summary
@@ -386,8 +467,9 @@ def latest_run(tenant: Tenant) -> ComplianceRun | None:
 def tenants_due(now: datetime, hours: int = 24) -> list[Tenant]:
     """Active tenants with no scheduled run started in the last ``hours`` (minus a margin)."""
     since = now - timedelta(hours=hours) + timedelta(minutes=30)
+    # A failed scheduled run does not count: the next hourly tick tries that tenant again.
     recent = ComplianceRun.objects.filter(
-        Q(trigger=Trigger.SCHEDULE) & Q(started_at__gte=since)
+        Q(trigger=Trigger.SCHEDULE) & Q(started_at__gte=since) & ~Q(state=RunState.FAILED)
     ).values_list("tenant_id", flat=True)
     return list(
         Tenant.objects.filter(is_active=True, shredded_at__isnull=True)

@@ -13,10 +13,18 @@ from typing import Any
 from django.utils import timezone
 
 from compliance.models import ComplianceRun, Evidence
-from compliance.report import report_csv, report_document, report_json
+from compliance.report import anchor_details, report_csv, report_document, report_json
 from vault.audit.models import AuditEvent, AuditLeaf
-from vault.audit.services import audit_record, log_of, log_signer, log_tree, origin_of_log
+from vault.audit.services import (
+    audit_record,
+    latest_checkpoint,
+    log_of,
+    log_signer,
+    log_tree,
+    origin_of_log,
+)
 from vault.crypto import canonical
+from vault.crypto.reportpack import report_digests
 
 FORMATS = ("json", "csv", "pdf", "pack")
 MEDIA_TYPES = {
@@ -41,34 +49,51 @@ class ExportError(Exception):
 
 def audit_proofs(run: ComplianceRun) -> dict[str, Any]:
     """The tenant log's checkpoints at the run's start and end, the consistency proof between
-    them, and the inclusion proof of the run's anchor event, as ``audit/proofs.json`` holds."""
-    start, end = run.checkpoint_start, run.checkpoint_end
-    if not start or not end or run.anchor_event is None:
+    them, and the inclusion proof of the run's anchor event, as ``audit/proofs.json`` holds.
+
+    When the run could not sign its end checkpoint (the backend was down then), the log's
+    newest checkpoint that covers the anchor event stands in for it.
+    """
+    start = run.checkpoint_start
+    if not start or run.anchor_event is None:
         raise ExportError(
             "the run has no signed audit checkpoints to prove its evidence against",
             code="run_not_anchored",
             status=409,
         )
     log = log_of(run.tenant)
+    event = AuditEvent.objects.filter(uuid=run.anchor_event).first()
+    leaf = AuditLeaf.objects.filter(event=event).first() if event is not None else None
+    end = run.checkpoint_end
+    if leaf is not None and (not end or leaf.index >= end["size"]):
+        newest = latest_checkpoint(log)
+        if newest is not None and newest.size > leaf.index:
+            end = {
+                "size": newest.size,
+                "root": base64.b64encode(bytes(newest.root)).decode("ascii"),
+                "note": newest.note,
+            }
+    if event is None or leaf is None or not end or leaf.index >= end["size"]:
+        raise ExportError(
+            "the run's anchor event is not under a signed checkpoint yet; try again after the "
+            "next audit checkpoint",
+            code="run_not_anchored",
+            status=409,
+        )
     tree = log_tree(log, end["size"])
     if tree.size != end["size"] or tree.root() != base64.b64decode(end["root"]):
         raise ExportError(
-            "the audit log no longer matches the run's checkpoint", code="audit_mismatch"
+            "the audit log no longer matches the run's checkpoint",
+            code="audit_mismatch",
+            status=409,
         )
-    anchors = []
-    event = AuditEvent.objects.filter(uuid=run.anchor_event).first()
-    leaf = AuditLeaf.objects.filter(event=event).first() if event is not None else None
-    if event is None or leaf is None or leaf.index >= end["size"]:
-        raise ExportError(
-            "the run's anchor event is not in its end checkpoint", code="audit_mismatch"
-        )
-    anchors.append(
+    anchors = [
         {
             "leaf": base64.b64encode(bytes(event.leaf)).decode("ascii"),
             "index": leaf.index,
             "proof": [h.hex() for h in tree.inclusion_proof(leaf.index, end["size"])],
         }
-    )
+    ]
     keys = [key.vkey for key in log_signer(log).all_keys]
     return {
         "origin": origin_of_log(log, run.tenant),
@@ -81,6 +106,20 @@ def audit_proofs(run: ComplianceRun) -> dict[str, Any]:
         else [],
         "anchors": anchors,
     }
+
+
+def _check_against_anchor(run: ComplianceRun, document: dict[str, Any]) -> None:
+    """Refuse to sign what the run did not record: the results and findings in the database
+    must still give the digests its anchor event carries in the tenant's audit log."""
+    details = anchor_details(run)
+    results, findings = report_digests(document)
+    if details.get("results_sha256") != results or details.get("findings_sha256") != findings:
+        raise ExportError(
+            "the run's results or findings were changed after the run recorded them in the "
+            "audit log; nothing is exported",
+            code="run_altered",
+            status=409,
+        )
 
 
 def _pdf(document: dict[str, Any], attachments: dict[str, bytes]) -> bytes:
@@ -103,6 +142,7 @@ def export_run(run: ComplianceRun, fmt: str) -> bytes:
     if run.state != "finished":
         raise ExportError("the run has not finished", code="run_not_finished", status=409)
     document = report_document(run)
+    _check_against_anchor(run, document)
     data_json = report_json(document)
     if fmt == "json":
         data = data_json

@@ -78,6 +78,9 @@ class ComplianceRun(models.Model):
     catalog_sha256 = models.CharField(max_length=64)
     # {"origin", "size", "root" (base64), "note"}: the tenant log's checkpoint then.
     checkpoint_start = models.JSONField(default=dict)
+    # Events of the tenant's and the platform's logs still waiting for a checkpoint when the run
+    # started, before it integrated the tenant's log (LOG-008 judges the pipeline's lag on it).
+    pending_at_start = models.JSONField(default=dict)
     checkpoint_end = models.JSONField(default=dict)
     summary = models.JSONField(default=dict)
     # The audit log's own verification at the run's end: {"ok": bool, "problems": [...]}.

@@ -57,6 +57,7 @@ class PdfUnavailable(PdfError):
     """WeasyPrint cannot run here: its system libraries (Pango) are missing."""
 
     code = "pdf_unavailable"
+    status = 503
 
 
 def _weasyprint() -> Any:

@@ -3,6 +3,7 @@ token, rotation and dual-control request of the tenant (never a pre-selected sam
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -17,6 +18,15 @@ from vault.tokens.models import ApiToken
 
 def _time(value: Any) -> str | None:
     return format_time(value) if value is not None else None
+
+
+def _no_pan(text: str) -> str:
+    """Free text as evidence may carry it: card numbers masked (DATA-001 reports them)."""
+    from compliance.checks.data import find_pans
+
+    if any(True for _ in find_pans(text.encode("utf-8"))):
+        return re.sub(r"\d", "*", text)
+    return text
 
 
 def _keys(ctx: Context) -> list[dict[str, Any]]:
@@ -77,7 +87,7 @@ def collect(ctx: Context) -> dict[str, list[dict[str, Any]]]:
     ]
     tokens = [
         {
-            "name": t.name,
+            "name": _no_pan(t.name),
             "prefix": t.prefix,
             "role": t.role,
             "person": t.user.email if t.user else None,
@@ -93,7 +103,7 @@ def collect(ctx: Context) -> dict[str, list[dict[str, Any]]]:
             "id": c.pk,
             "key_role": c.binding.role,
             "target_version": c.target_version,
-            "reason": c.reason,
+            "reason": _no_pan(c.reason),
             "state": c.state,
             "created_at": _time(c.created_at),
             "finished_at": _time(c.finished_at),

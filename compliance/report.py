@@ -105,6 +105,7 @@ def report_document(run: ComplianceRun) -> dict[str, Any]:
             "results": dict(sorted(run.summary.get("results", {}).items())),
             "requirements": dict(sorted(run.summary.get("requirements", {}).items())),
             "results_sha256": run.summary.get("results_sha256", ""),
+            "findings_sha256": run.summary.get("findings_sha256", ""),
         },
         "requirements": [
             {
@@ -197,15 +198,20 @@ def report_document(run: ComplianceRun) -> dict[str, Any]:
     }
 
 
-def anchored_evidence(run: ComplianceRun) -> set[str]:
-    """The evidence digests the run's anchor event lists (every piece the checks captured)."""
+def anchor_details(run: ComplianceRun) -> dict[str, Any]:
+    """The details of the run's ``compliance.evidence`` event ({} when there is none)."""
     if run.anchor_event is None:
-        return set()
+        return {}
     leaf = AuditEvent.objects.filter(uuid=run.anchor_event).values_list("leaf", flat=True).first()
     if leaf is None:
-        return set()
+        return {}
     details = json.loads(bytes(leaf)).get("details", {})
-    return {d for d in details.get("evidence", []) if isinstance(d, str)}
+    return details if isinstance(details, dict) else {}
+
+
+def anchored_evidence(run: ComplianceRun) -> set[str]:
+    """The evidence digests the run's anchor event lists (every piece the checks captured)."""
+    return {d for d in anchor_details(run).get("evidence", []) if isinstance(d, str)}
 
 
 def _populations_digest(run: ComplianceRun) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from datetime import timedelta
 
 from django.conf import settings
@@ -14,6 +15,7 @@ from compliance import catalog
 from compliance.checks import get_check
 from compliance.models import Attestation, Waiver, WaiverApproval, WaiverState
 from vault.accounts.models import User
+from vault.audit.models import AuditEvent
 from vault.audit.services import audit_record, log_of, log_signer
 from vault.crypto import canonical
 from vault.crypto.auditbundle import format_time
@@ -159,6 +161,40 @@ def waiver_decide(*, waiver: Waiver, user: User, approve: bool, reason: str = ""
     return waiver
 
 
+def waiver_holds(waiver: Waiver) -> bool:
+    """Whether an active waiver still stands on its own record, not on its ``state`` column alone.
+
+    It needs the required approvals from owners or custodians of its tenant other than the
+    requester, each also recorded as a ``compliance.waiver.approve`` event in the tenant's
+    audit log, and an expiry within the cap: a row made or edited in the database without those
+    counts for nothing.
+    """
+    required = settings.VAULT_APPROVALS_REQUIRED
+    if waiver.expires_at > waiver.requested_at + timedelta(days=WAIVER_MAX_DAYS, hours=1):
+        return False
+    deciders = set(
+        Membership.objects.filter(tenant=waiver.tenant, role__in=DECIDERS).values_list(
+            "user_id", flat=True
+        )
+    )
+    approvers = {
+        a.approver_id
+        for a in waiver.approvals.filter(approve=True)
+        if a.approver_id != waiver.requested_by_id and a.approver_id in deciders
+    }
+    if len(approvers) < required:
+        return False
+    if waiver.approvals.filter(approve=False).exists():
+        return False
+    recorded = AuditEvent.objects.filter(
+        tenant=waiver.tenant,
+        type="compliance.waiver.approve",
+        resource_type="waiver",
+        resource_id=str(waiver.pk),
+    ).count()
+    return recorded >= required
+
+
 @transaction.atomic
 def waiver_revoke(*, waiver: Waiver, user: User) -> Waiver:
     """End a pending or active waiver now (one owner or custodian may: it only tightens)."""
@@ -265,12 +301,31 @@ def attestation_create(
     return item
 
 
-def attestation_verifies(item: Attestation) -> bool:
-    """Whether an attestation's signature still verifies under the key that made it."""
+def attestation_verifies(item: Attestation, keys: object = None) -> bool:
+    """Whether an attestation stands: its signature verifies under one of the tenant's signing
+    keys (``keys``: the tenant log's ``CheckpointKey`` versions; looked up when None), and its
+    columns say what its signed body says. One edited in the database counts for nothing."""
     from vault.crypto.checkpoint import CheckpointKey
 
     try:
+        trusted = keys if keys is not None else log_signer(log_of(item.tenant)).all_keys
         key = CheckpointKey.from_vkey(item.signing_key)
-        return key.verify(bytes(item.body), base64.b64decode(item.signature))
+        if all(key.vkey != known.vkey for known in trusted):  # type: ignore[attr-defined]
+            return False
+        body = bytes(item.body)
+        if not key.verify(body, base64.b64decode(item.signature)):
+            return False
+        signed = json.loads(body)
     except Exception:
         return False
+    return (
+        signed.get("format") == "ciphervault-attestation/1"
+        and signed.get("tenant") == item.tenant.slug
+        and signed.get("requirement") == item.requirement
+        and signed.get("kind") == item.kind
+        and signed.get("statement") == item.statement
+        and signed.get("document_sha256") == item.document_sha256
+        and signed.get("signer") == item.signer.email
+        and signed.get("signed_at") == format_time(item.signed_at)
+        and signed.get("valid_until") == format_time(item.valid_until)
+    )

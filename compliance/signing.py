@@ -81,6 +81,7 @@ class ReportSigningUnavailable(ReportSigningError):
     """No backend can sign reports: none is configured, it is down, or its key is suspended."""
 
     code = "report_signing_unavailable"
+    status = 503
 
 
 @dataclass(frozen=True)

@@ -122,14 +122,22 @@ class RunViewSet(
 
     @extend_schema(
         request=None,
-        responses={202: RunSerializer, 503: ErrorSerializer},
+        responses={202: RunSerializer, 409: ErrorSerializer, 503: ErrorSerializer},
         description="Start a compliance run of every check for the tenant. It runs as a job; "
         "poll the run until its state is finished.",
     )
     def create(self, request: Request) -> Response:
         from compliance.tasks import evaluate
 
-        run = engine.run_start(self.tenant, trigger=Trigger.API, requested_by=str(self.principal))
+        try:
+            run = engine.run_start(
+                self.tenant,
+                trigger=Trigger.API,
+                requested_by=str(self.principal),
+                exclusive=True,
+            )
+        except engine.RunInProgress as exc:
+            raise _error(exc.status, exc.code, str(exc)) from exc
         evaluate.delay(str(run.pk))
         run.refresh_from_db()
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)

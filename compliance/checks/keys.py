@@ -1232,10 +1232,30 @@ class DualControl(Check):
         ).values_list("request_id", "approver_id", "approver__email"):
             votes[request_id].append((approver, email))
         floor = int(settings.VAULT_APPROVALS_REQUIRED)
+        from vault.audit.models import AuditEvent
+        from vault.tenants.models import Membership, Role
+
+        # Only the tenant's own people count: its owners and custodians now, and anyone its
+        # audit log shows as a member once (removed since). An outsider's vote counts for nothing.
+        insiders = {
+            email.lower()
+            for email in Membership.objects.filter(
+                tenant=ctx.tenant, role__in=(Role.OWNER, Role.CUSTODIAN)
+            ).values_list("user__email", flat=True)
+        } | {
+            str(email).lower()
+            for email in AuditEvent.objects.filter(
+                tenant=ctx.tenant, type__startswith="member.", resource_type="member"
+            ).values_list("resource_id", flat=True)
+        }
         for pk, action, required, requester, params, state in requests:
             appointee = str((params or {}).get("email", "")).lower()
             approvers = sorted(
-                {a for a, email in votes[pk] if a != requester and email.lower() != appointee}
+                {
+                    a
+                    for a, email in votes[pk]
+                    if a != requester and email.lower() != appointee and email.lower() in insiders
+                }
             )
             own = any(a == requester for a, _ in votes[pk])
             needed = max(int(required), floor)

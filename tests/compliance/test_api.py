@@ -5,19 +5,25 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
 
 from compliance.models import ComplianceRun, Waiver
-from tests.objects.test_objects import _client
+from tests.objects.test_objects import _client as _api_client
 from vault.tenants.models import Role
 from vault.tokens.services import token_create
 
 pytestmark = pytest.mark.django_db
 
 
-def _same_tenant(client: APIClient, role: str) -> APIClient:
+def _client(role: str, tenant: Any = None) -> Any:
+    """A client with a person's token of ``role`` (``.tenant``, ``.user_email`` attached)."""
+    return _api_client(role, tenant=tenant)
+
+
+def _same_tenant(client: Any, role: str) -> Any:
     return _client(role, tenant=client.tenant)
 
 

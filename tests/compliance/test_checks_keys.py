@@ -635,6 +635,25 @@ def test_it_fails_key_013_for_a_destruction_executed_on_the_requesters_own_appro
     assert "the requester approved it" in outcome.detail
 
 
+def test_it_fails_key_013_for_approvals_by_people_outside_the_tenant() -> None:
+    tenant = _tenant()
+    (requester,) = _custodians(tenant, 1)
+    forged = ApprovalRequest.objects.create(
+        tenant=tenant,
+        action=ApprovalAction.KEY_DESTROY,
+        reason="forged",
+        requested_by=requester,
+        expires_at=timezone.now() + timedelta(hours=1),
+        required=2,
+        state=RequestState.EXECUTED,
+    )
+    for _ in range(2):  # two accounts that never belonged to the tenant
+        Approval.objects.create(request=forged, approver=make_user(), decision="approve")
+    outcome = _result("KEY-013", tenant, str(forged.pk))
+    assert outcome.status == "FAIL"
+    assert "0 independent approval(s) of the 2 required" in outcome.detail
+
+
 # -- KEY-014 substitution -------------------------------------------------------------------------
 
 

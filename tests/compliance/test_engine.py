@@ -9,6 +9,7 @@ import io
 import json
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import jsonschema
 import pytest
@@ -288,7 +289,7 @@ def test_waivers_refuse_bad_requests() -> None:
 
     tenant = _tenant()
     user = _person(tenant, "asker")
-    bad = [
+    bad: list[tuple[dict[str, Any], str]] = [
         ({"check_id": "NOPE-001"}, "unknown_check"),
         ({"check_id": "KEY-015"}, "check_is_manual"),  # attested, not waived
         ({"justification": "short"}, "compliance_invalid"),
@@ -299,7 +300,7 @@ def test_waivers_refuse_bad_requests() -> None:
     registry._REGISTRY["TST-002"] = FailsEachObject
     try:
         for override, code in bad:
-            kwargs = {
+            kwargs: dict[str, Any] = {
                 "check_id": "TST-002",
                 "justification": "a good reason for this",
                 "days": 30,
@@ -369,6 +370,105 @@ def test_an_attestation_edited_in_the_database_or_expired_counts_for_nothing() -
     assert _finding(compliance_run(tenant, checks=[NeedsPeople]), "7.2.4").finding == "NOT_TESTED"
 
 
+def test_an_attestation_whose_columns_were_edited_or_that_another_key_signed_counts_for_nothing(
+    settings,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from vault.crypto.checkpoint import CheckpointKey
+
+    tenant = _tenant()
+    owner = _person(tenant, "boss", Role.OWNER)
+    item = services.attestation_create(
+        tenant=tenant,
+        user=owner,
+        requirement="7.2.4",
+        kind="access_review",
+        statement="Reviewed every member and token.",
+        valid_days=1,
+    )
+    # The columns the engine filters on, moved behind the signature's back.
+    Attestation.objects.filter(pk=item.pk).update(
+        requirement="3.7.8", valid_until=timezone.now() + timedelta(days=1800)
+    )
+    run = compliance_run(tenant, checks=[NeedsPeople, Acknowledged])
+    assert _finding(run, "3.7.8").finding == "NOT_TESTED"
+    # A whole row forged and signed with the forger's own key, named in the row.
+    forger = ec.generate_private_key(ec.SECP256R1())
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    pem = forger.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key = CheckpointKey.from_pem("forger", pem)
+    body = bytes(item.body).replace(b"7.2.4", b"3.7.8")
+    Attestation.objects.filter(pk=item.pk).update(
+        body=body,
+        signature=base64.b64encode(forger.sign(body, ec.ECDSA(hashes.SHA256()))).decode(),
+        signing_key=key.vkey,
+        valid_until=item.valid_until,
+    )
+    assert not services.attestation_verifies(Attestation.objects.get(pk=item.pk))
+    run = compliance_run(tenant, checks=[NeedsPeople, Acknowledged])
+    assert _finding(run, "3.7.8").finding == "NOT_TESTED"
+
+
+class Acknowledged(_Base):
+    id = "TST-006"
+    title = "Custodians acknowledged"
+    kind = "manual"
+    requirements = ("3.7.8",)
+
+
+def test_a_waiver_made_active_in_the_database_waives_nothing() -> None:
+    tenant = _tenant()
+    object_create(tenant=tenant, name="a.txt", mode="gateway", content_type="x/y", token=None)
+    asker = _person(tenant, "asker")
+    forged = services.Waiver.objects.create(
+        tenant=tenant,
+        check_id="TST-002",
+        justification="nobody approved this",
+        requested_by=asker,
+        expires_at=timezone.now() + timedelta(days=3650),
+        state="active",
+    )
+    assert compliance_run(tenant, checks=[FailsEachObject]).results.get().status == "FAIL"
+    # Approval rows inserted too, but the audit log never recorded the approvals.
+    from compliance.models import WaiverApproval
+
+    services.Waiver.objects.filter(pk=forged.pk).update(
+        expires_at=timezone.now() + timedelta(days=30)
+    )
+    for name in ("first", "second"):
+        WaiverApproval.objects.create(waiver=forged, approver=_person(tenant, name), approve=True)
+    assert compliance_run(tenant, checks=[FailsEachObject]).results.get().status == "FAIL"
+
+
+def test_log_008_judges_the_lag_the_run_found_before_it_integrated_the_log() -> None:
+    from compliance.checks import get_check
+    from vault.audit.services import audit_record
+
+    tenant = _tenant()
+    compliance_run(tenant, checks=[])  # everything so far integrated
+    event = audit_record("tenant.update", tenant=tenant, details={"note": "late"})
+    from tests.audit.test_log import _sql
+
+    # Forty minutes of a stalled integrator, made by moving the event's time back (past the
+    # append-only triggers, as only a broken deployment's clock or a database edit would).
+    _sql(
+        "UPDATE audit_auditevent SET time = %s WHERE id = %s",
+        timezone.now() - timedelta(minutes=40),
+        event.pk,
+    )
+    run = compliance_run(tenant, checks=[get_check("LOG-008")])
+    result = run.results.get(resource_id=tenant.slug)
+    assert result.status == "FAIL"
+    assert result.observed["pending"] == 1
+    # The run integrated it, so the next run finds the pipeline caught up.
+    run = compliance_run(tenant, checks=[get_check("LOG-008")])
+    assert run.results.get(resource_id=tenant.slug).status == "PASS"
+
+
 def test_only_owners_and_custodians_attest_known_requirements() -> None:
     tenant = _tenant()
     member = _person(tenant, "member", Role.MEMBER)
@@ -406,6 +506,7 @@ def test_a_run_anchors_its_evidence_and_results_in_the_audit_log() -> None:
         old_root=base64.b64decode(start["root"]),
         new_root=base64.b64decode(end["root"]),
     )
+    assert run.anchor_event is not None
     event = AuditEvent.objects.get(uuid=run.anchor_event)
     index = AuditLeaf.objects.get(event=event).index
     assert index < end["size"]
@@ -424,7 +525,9 @@ def test_a_run_anchors_its_evidence_and_results_in_the_audit_log() -> None:
     for row in Evidence.objects.filter(tenant=tenant):
         assert hashlib.sha256(bytes(row.body)).hexdigest() == row.sha256
         assert row.sha256 in digests
-    assert latest_checkpoint(log).size == end["size"]
+    newest = latest_checkpoint(log)
+    assert newest is not None
+    assert newest.size == end["size"]
 
 
 def test_the_same_evidence_is_stored_once() -> None:

@@ -68,12 +68,12 @@ def test_the_signed_pdf_shows_the_findings_of_the_json_and_verifies(run, tmp_pat
         assert any(finding in line for line in rows.get(ref, [])), (ref, finding)
     expected = Counter((r["check"], r["status"]) for r in document["results"])
     rows = _rows(text, {check for check, _ in expected})
-    shown = Counter()
+    shown: Counter[tuple[str, str]] = Counter()
     for check, lines in rows.items():
         for line in lines:
-            for status in ("PASS", "FAIL", "MANUAL", "ERROR", "NOT_APPLICABLE", "WAIVED"):
-                if f" {status}" in line:
-                    shown[(check, status)] += 1
+            for name in ("PASS", "FAIL", "MANUAL", "ERROR", "NOT_APPLICABLE", "WAIVED"):
+                if f" {name}" in line:
+                    shown[(check, name)] += 1
     assert shown == expected
     assert "FAIL" in {status for _, status in expected}, "a fresh tenant has real failures"
     # The JSON and CSV travel inside the PDF, byte for byte as their own exports (but for the
@@ -88,10 +88,38 @@ def test_the_signed_pdf_shows_the_findings_of_the_json_and_verifies(run, tmp_pat
 
 def test_a_run_whose_evidence_was_altered_exports_no_pack(run) -> None:
     row = Evidence.objects.filter(tenant=run.tenant).first()
+    assert row is not None
     Evidence.objects.filter(pk=row.pk).update(body=bytes(row.body).replace(b"{", b"{ ", 1))
     with pytest.raises(ExportError) as refused:
         export_run(run, "pack")
     assert refused.value.code == "evidence_altered"
+
+
+def test_a_run_whose_findings_or_results_were_edited_exports_nothing(run) -> None:
+    from compliance.models import CheckResult, RequirementResult
+
+    RequirementResult.objects.filter(run=run, ref="3.6.1.2").update(finding="IN_PLACE")
+    for fmt in ("json", "csv", "pdf", "pack"):
+        with pytest.raises(ExportError) as refused:
+            export_run(run, fmt)
+        assert refused.value.code == "run_altered"
+        assert refused.value.status == 409
+    RequirementResult.objects.filter(run=run, ref="3.6.1.2").update(finding="NOT_IN_PLACE")
+    assert export_run(run, "json")
+    CheckResult.objects.filter(run=run, check_id="KEY-001").update(status="PASS")
+    with pytest.raises(ExportError) as refused:
+        export_run(run, "pdf")
+    assert refused.value.code == "run_altered"
+
+
+def test_a_run_whose_end_checkpoint_failed_still_packs_under_a_later_one(run) -> None:
+    from vault.audit.services import audit_integrate, log_of
+
+    type(run).objects.filter(pk=run.pk).update(checkpoint_end={})
+    run.refresh_from_db()
+    audit_integrate(log_of(run.tenant))
+    report = _verify(export_run(run, "pack"), ca_certificate_pem())
+    assert report.verified, report.problems
 
 
 def test_unknown_formats_and_unfinished_runs_are_refused(run) -> None:

@@ -51,6 +51,7 @@ from vault.crypto.reportpack import (
     build_audit_proofs,
     build_pack,
     certificate_fingerprint,
+    report_digests,
     verify_pack,
 )
 
@@ -201,7 +202,19 @@ def report_document(**changes: Any) -> dict[str, Any]:
     """A report of run RUN with one result whose evidence is the pack's evidence file."""
     document: dict[str, Any] = {
         "format": "ciphervault-compliance-report/1",
+        "tenant": {"slug": TENANT, "name": "Acme"},
         "run": {"id": RUN},
+        "requirements": [
+            {
+                "ref": "3.7.4",
+                "finding": "IN_PLACE",
+                "narrative": "In place: 1 passing result(s).",
+                "compensating_control_used": False,
+                "guardrails": [],
+                "attestations": [],
+            }
+        ],
+        "integrity": {"audit_verified": True, "leaves": 11},
         "evidence": [{"ref": "E-0001", "sha256": EVIDENCE_DIGEST}],
         "results": [
             {
@@ -218,28 +231,15 @@ def report_document(**changes: Any) -> dict[str, Any]:
     return document
 
 
-def results_digest(document: dict[str, Any]) -> str:
-    refs = {e["ref"]: e["sha256"] for e in document["evidence"]}
-    rows = sorted(
-        [
-            r["finding_id"],
-            r["check"],
-            r["check_version"],
-            r["status"],
-            r["detail"],
-            sorted(refs[x] for x in r["evidence"]),
-        ]
-        for r in document["results"]
-    )
-    return hashlib.sha256(canonical_json(rows)).hexdigest()
-
-
 def anchor_details() -> dict[str, Any]:
     """What the run's compliance.evidence event records (compliance/engine.py)."""
+    results, findings = report_digests(report_document())
     return {
         "run": RUN,
         "evidence": [EVIDENCE_DIGEST],
-        "results_sha256": results_digest(report_document()),
+        "results_sha256": results,
+        "findings_sha256": findings,
+        "integrity": {"ok": True, "leaves": 11},
     }
 
 
@@ -1466,3 +1466,30 @@ def test_it_catches_a_pack_of_another_run(pki: Pki, audit: Audit) -> None:
     )
     problems = _problems(pack, pki)
     assert any("no proved compliance.evidence event of run" in p for p in problems), problems
+
+
+def test_it_catches_findings_changed_and_re_signed_with_the_report_key(
+    pki: Pki, audit: Audit
+) -> None:
+    forged = report_document()
+    forged["requirements"][0]["finding"] = "NOT_APPLICABLE"
+    pack = make_pack(pki, audit, pack_files(audit, {"reports/report.json": canonical_json(forged)}))
+    assert _problems(pack, pki) == [
+        "reports/report.json: its requirement findings are not the ones the run recorded in the "
+        "audit log (findings_sha256 of the anchor event differs)"
+    ]
+
+
+def test_it_catches_a_pack_relabelled_as_another_tenants(pki: Pki, audit: Audit) -> None:
+    pack = build_pack(
+        pack_files(audit),
+        tenant="bravo",
+        run=RUN,
+        created_at=CREATED,
+        sign=pki.sign,
+        signer_cert_pem=pki.signer_pem,
+        ca_cert_pem=pki.ca_pem,
+    )
+    problems = _problems(pack, pki)
+    assert "reports/report.json: the report is of another tenant than the manifest's" in problems
+    assert any("not tenant bravo's" in p for p in problems), problems

@@ -1054,30 +1054,83 @@ def _check_run_anchor(
         return
     try:
         report = _strict_json(_read_member(data, members[REPORT_PATH], MAX_REPORT_BYTES))
-        refs = {e["ref"]: e["sha256"] for e in report["evidence"]}
-        rows = sorted(
-            [
-                r["finding_id"],
-                r["check"],
-                r["check_version"],
-                r["status"],
-                r["detail"],
-                sorted(refs[ref] for ref in r["evidence"]),
-            ]
-            for r in report["results"]
-        )
-        digest = hashlib.sha256(canonical_json(rows)).hexdigest()
+        results, findings = report_digests(report)
         same_run = report["run"]["id"] == manifest.run
+        same_tenant = report["tenant"]["slug"] == manifest.tenant
+        integrity = report["integrity"]
     except (_Corrupt, _Malformed, KeyError, TypeError, NotCanonicalizable) as exc:
         problems.append(f"{REPORT_PATH}: cannot be read as a report: {exc}")
         return
     if not same_run:
         problems.append(f"{REPORT_PATH}: the report is of another run than the manifest's")
-    if not hmac.compare_digest(str(details.get("results_sha256", "")), digest):
+    if not same_tenant:
+        problems.append(f"{REPORT_PATH}: the report is of another tenant than the manifest's")
+    if not audit.origin.endswith(f"/audit/{manifest.tenant}"):
+        problems.append(
+            f"{PROOFS_PATH}: the proofs are of the log {audit.origin}, not tenant "
+            f"{manifest.tenant}'s"
+        )
+    if not hmac.compare_digest(str(details.get("results_sha256", "")), results):
         problems.append(
             f"{REPORT_PATH}: its results are not the ones the run recorded in the audit log "
             "(results_sha256 of the anchor event differs)"
         )
+    if not hmac.compare_digest(str(details.get("findings_sha256", "")), findings):
+        problems.append(
+            f"{REPORT_PATH}: its requirement findings are not the ones the run recorded in the "
+            "audit log (findings_sha256 of the anchor event differs)"
+        )
+    recorded = details.get("integrity")
+    if not isinstance(recorded, dict) or (
+        recorded.get("ok") != integrity.get("audit_verified")
+        or recorded.get("leaves") != integrity.get("leaves")
+    ):
+        problems.append(
+            f"{REPORT_PATH}: its audit integrity statement is not the one the run recorded in "
+            "the audit log"
+        )
+
+
+def digest_rows(rows: Iterable[list[Any]]) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``rows``, sorted: the digests a run's anchor event
+    carries are computed this way on the server and recomputed here from the report."""
+    return hashlib.sha256(canonical_json(sorted(rows))).hexdigest()
+
+
+def report_digests(report: Mapping[str, Any]) -> tuple[str, str]:
+    """(results_sha256, findings_sha256) of a report document (``docs/compliance.md``).
+
+    A result row is ``[finding id, check, check version, status, detail, sorted evidence
+    digests]``; a finding row ``[ref, finding, narrative, compensating control used, guardrails,
+    sorted attestation ids]``.
+
+    Raises:
+        KeyError, TypeError: the document is not a report.
+    """
+    refs = {e["ref"]: e["sha256"] for e in report["evidence"]}
+    results = digest_rows(
+        [
+            r["finding_id"],
+            r["check"],
+            r["check_version"],
+            r["status"],
+            r["detail"],
+            sorted(refs[ref] for ref in r["evidence"]),
+        ]
+        for r in report["results"]
+    )
+    findings = digest_rows(
+        [
+            r["ref"],
+            r["finding"],
+            r["narrative"],
+            r["compensating_control_used"],
+            r["guardrails"],
+            sorted(r["attestations"]),
+        ]
+        for r in report["requirements"]
+    )
+    return results, findings
 
 
 # --------------------------------------------------------------------------------------------

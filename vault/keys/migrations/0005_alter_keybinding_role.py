@@ -4,15 +4,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('keys', '0004_keybinding_pins'),
+        ("keys", "0004_keybinding_pins"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='keybinding',
-            name='role',
-            field=models.CharField(choices=[('primary', 'Primary key-encryption key'), ('recovery', 'Recovery key-encryption key'), ('signing', 'Signing key (audit checkpoints, attestations)'), ('report-ca', "Report CA key (issues the report signer's certificate)"), ('report-signing', 'Report signing key (compliance reports, evidence packs)')], max_length=20),
+            model_name="keybinding",
+            name="role",
+            field=models.CharField(
+                choices=[
+                    ("primary", "Primary key-encryption key"),
+                    ("recovery", "Recovery key-encryption key"),
+                    ("signing", "Signing key (audit checkpoints, attestations)"),
+                    ("report-ca", "Report CA key (issues the report signer's certificate)"),
+                    ("report-signing", "Report signing key (compliance reports, evidence packs)"),
+                ],
+                max_length=20,
+            ),
         ),
     ]
