@@ -209,8 +209,14 @@ RUN_STALE_AFTER = timedelta(hours=2)
 
 
 class RunInProgress(Exception):
+    """Another run of the tenant is in progress (``run``)."""
+
     code = "run_in_progress"
     status = 409
+
+    def __init__(self, run: ComplianceRun) -> None:
+        super().__init__("a compliance run of this tenant is already running")
+        self.run = run
 
 
 def run_start(
@@ -224,18 +230,17 @@ def run_start(
     """Record a run's start: its row, the audit checkpoint then, and a ``compliance.run`` event.
 
     Raises:
-        RunInProgress: ``exclusive`` and another run of the tenant started less than two hours
-            ago is still running (on-demand runs queue behind nothing; ask again later).
+        RunInProgress: ``exclusive`` and another run of the tenant, started less than two hours
+            ago, is still running (its ``run``).
     """
-    if (
-        exclusive
-        and ComplianceRun.objects.filter(
+    if exclusive:
+        running = ComplianceRun.objects.filter(
             tenant=tenant,
             state=RunState.RUNNING,
             started_at__gte=timezone.now() - RUN_STALE_AFTER,
-        ).exists()
-    ):
-        raise RunInProgress("a compliance run of this tenant is already running")
+        ).first()
+        if running is not None:
+            raise RunInProgress(running)
     from compliance.checks.logs import pending_events
 
     with acting_as("compliance"):

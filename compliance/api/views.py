@@ -122,9 +122,10 @@ class RunViewSet(
 
     @extend_schema(
         request=None,
-        responses={202: RunSerializer, 409: ErrorSerializer, 503: ErrorSerializer},
+        responses={202: RunSerializer, 503: ErrorSerializer},
         description="Start a compliance run of every check for the tenant. It runs as a job; "
-        "poll the run until its state is finished.",
+        "poll the run until its state is finished. While a run is in progress, this answers "
+        "with that run instead of starting another.",
     )
     def create(self, request: Request) -> Response:
         from compliance.tasks import evaluate
@@ -137,7 +138,8 @@ class RunViewSet(
                 exclusive=True,
             )
         except engine.RunInProgress as exc:
-            raise _error(exc.status, exc.code, str(exc)) from exc
+            # One run at a time: asking again while one runs answers with that run.
+            return Response(RunSerializer(exc.run).data, status=status.HTTP_202_ACCEPTED)
         evaluate.delay(str(run.pk))
         run.refresh_from_db()
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +17,30 @@ from vault.tenants.models import Role
 from vault.tokens.services import token_create
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _jobs_run_at_once() -> Iterator[None]:
+    """These tests are about the API, not the queue: the run's job runs in the request, as
+    under the embedded default (with Redis, a worker would take it from the queue)."""
+    from vault.celery import app
+
+    before = (app.conf.task_always_eager, app.conf.task_eager_propagates)
+    app.conf.task_always_eager = app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = before
+
+
+def test_asking_again_while_a_run_is_in_progress_answers_with_that_run() -> None:
+    from compliance.engine import run_start
+    from compliance.models import Trigger
+
+    owner = _client(Role.OWNER)
+    running = run_start(owner.tenant, trigger=Trigger.API)
+    response = owner.post("/api/v1/compliance/runs/")
+    assert response.status_code == 202
+    assert response.json()["id"] == str(running.pk)
+    assert ComplianceRun.objects.filter(tenant=owner.tenant).count() == 1
 
 
 def _client(role: str, tenant: Any = None) -> Any:
