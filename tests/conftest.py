@@ -5,6 +5,9 @@ Real components: tests marked ``postgres`` or ``redis`` need those servers (name
 summary says so loudly. Under ``VAULT_TEST_STRICT=1`` (set by ``make test`` in CI) a skip is a
 failure unless its marker is listed in ``VAULT_TEST_ALLOW_SKIP`` for this pass (the SQLite pass
 allows ``postgres,redis``; the PostgreSQL pass allows nothing).
+
+``browser`` tests drive Debian's Chromium (``/usr/bin/chromium``, package ``chromium``) with
+Playwright for Python (the ``dev`` extra); Playwright's own browser downloads are never used.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
-COMPONENT_MARKERS = ("postgres", "redis", "softhsm", "tpm", "kmip")
+COMPONENT_MARKERS = ("postgres", "redis", "softhsm", "tpm", "kmip", "browser")
 COMPONENT_MODULES = {
     "softhsm": "kms_plugins.testing.softhsm",
     "tpm": "kms_plugins.testing.swtpm",
     "kmip": "kms_plugins.testing.kmip_server",
 }
+CHROMIUM = "/usr/bin/chromium"
 
 
 def _available(component: str) -> str | None:
@@ -40,6 +44,14 @@ def _available(component: str) -> str | None:
         return None if "postgresql" in engine else "DATABASE_URL does not name a PostgreSQL server"
     if component == "redis":
         return None if settings.REDIS_URL else "REDIS_URL is not set"
+    if component == "browser":
+        if not os.access(CHROMIUM, os.X_OK):
+            return f"{CHROMIUM} is missing (Debian package chromium)"
+        try:
+            importlib.import_module("playwright.sync_api")
+        except ImportError as exc:
+            return f"cannot import playwright.sync_api (the dev extra): {exc}"
+        return None
     return f"unknown component {component}"
 
 

@@ -285,16 +285,31 @@ def test_it_sends_a_verified_user_from_the_sign_in_page_to_the_console(verified_
 def test_it_shows_memberships_on_the_home_page(verified_client, user):
     tenant = Tenant.objects.create(slug="acme", name="Acme Payments")
     Membership.objects.create(tenant=tenant, user=user, role=Role.CUSTODIAN)
+    second = Tenant.objects.create(slug="beta", name="Beta Bank")
+    Membership.objects.create(tenant=second, user=user, role=Role.AUDITOR)
     Tenant.objects.create(slug="other", name="Someone Else")
     response = verified_client.get(HOME)
     content = response.content.decode()
     assert EMAIL in content
     assert "Acme Payments" in content
     assert "Custodian" in content
+    assert "Beta Bank" in content
+    assert reverse("console:dashboard", kwargs={"slug": "acme"}) in content
     assert "Someone Else" not in content
     assert reverse("console:password_change") in content
     assert reverse("console:recovery_codes") in content
     assert reverse("console:logout") in content
+
+
+@pytest.mark.django_db
+def test_it_goes_from_home_straight_to_the_only_tenant(verified_client, user):
+    tenant = Tenant.objects.create(slug="acme", name="Acme Payments")
+    Membership.objects.create(tenant=tenant, user=user, role=Role.MEMBER)
+    inactive = Tenant.objects.create(slug="gone", name="Gone Ltd", is_active=False)
+    Membership.objects.create(tenant=inactive, user=user, role=Role.OWNER)
+    response = verified_client.get(HOME)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("console:dashboard", kwargs={"slug": "acme"})
 
 
 @pytest.mark.django_db

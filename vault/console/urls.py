@@ -16,6 +16,8 @@ urlpatterns = [
     path("console/logout/", views.logout_view, name="logout"),
     path("console/password/", views.PasswordChange.as_view(), name="password_change"),
     path("console/recovery-codes/", views.recovery_codes, name="recovery_codes"),
+    # Tenant pages: every view under console/t/<slug>/ is a vault.console.tenancy.tenant_page.
+    path("console/t/<slug:slug>/", views.dashboard, name="dashboard"),
     # Keep this name and its kwargs: vault.accounts.services.password_setup_url reverses it.
     path(
         "console/set-password/<uidb64>/<token>/",

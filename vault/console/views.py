@@ -48,6 +48,8 @@ from vault.console.decorators import (
     with_next,
 )
 from vault.console.forms import CodeForm, SignInForm
+from vault.console.selectors import dashboard_for_tenant
+from vault.console.tenancy import READ_ONLY, TenantRequest, tenant_page
 from vault.tenants.selectors import memberships_for_user
 
 AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -291,8 +293,21 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 @never_cache
 @console_login_required
 def home(request: HttpRequest) -> HttpResponse:
-    memberships = memberships_for_user(user=cast(User, request.user))
+    """The person's tenants; straight to the dashboard when there is only one."""
+    memberships = list(
+        memberships_for_user(user=cast(User, request.user)).filter(tenant__is_active=True)
+    )
+    if len(memberships) == 1:
+        return redirect("console:dashboard", slug=memberships[0].tenant.slug)
     return render(request, "console/home.html", {"memberships": memberships})
+
+
+@never_cache
+@tenant_page(READ_ONLY)
+def dashboard(request: TenantRequest, slug: str) -> HttpResponse:
+    """The tenant at a glance: key backends, objects, compliance, audit log, approvals."""
+    context = {"dashboard": dashboard_for_tenant(tenant=request.tenant)}
+    return render(request, "console/dashboard.html", context)
 
 
 @never_cache
