@@ -46,6 +46,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),
+    # The compliance app contributes its console pages (console/t/<slug>/compliance/...).
+    path("", include("compliance.console_urls")),
     path("", include("vault.console.urls")),
 ]
 

@@ -190,9 +190,17 @@ def test_console_refuses_every_auditor_post_to_a_tenant_url(acme):
             type="access.denied", tenant=acme, resource_id=url, actor_id=auditor.email
         ).exists(), url
     assert _row_counts() == before
-    # The auditor still reads every page.
+    # The auditor still reads every page (one whose URL names an object besides the tenant may
+    # answer 404: the sample ids name nothing).
+    slug_only = {url for route, url, _ in console_routes(slug=acme.slug) if route.count("<") == 1}
     for url, _pattern in urls:
-        assert client.get(url).status_code == 200, url
+        response = client.get(url)
+        if response.status_code == 302:
+            # An action page with nothing to act on (an export before any checkpoint) sends
+            # the reader back to a page of the same tenant.
+            assert response["Location"].startswith(f"/console/t/{acme.slug}/"), url
+            continue
+        assert response.status_code in ({200} if url in slug_only else {200, 404}), url
 
 
 @pytest.mark.urls(TEST_URLS)
