@@ -13,6 +13,8 @@ from django.test import Client
 from django.urls import reverse
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from kms_plugins.errors import BackendUnavailable, KeyBackendError
+from kms_plugins.local import LocalKeyBackend
 from kms_plugins.types import KeyState
 from tests.console.conftest import sign_in
 from tests.console.test_templates import check_page
@@ -216,6 +218,120 @@ def test_console_key_compromised_marks_the_version_and_rotates(acme):
     assert Campaign.objects.get(tenant=acme).reason == CampaignReason.COMPROMISED
     assert _events(acme, "key.state.change") == 1
     assert _events(acme, "key.rotate") == 1
+
+
+# --- create -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def second_backend(settings: Any, tmp_path: Any) -> str:
+    """A second local backend, "vault-b", for a recovery key."""
+    settings.VAULT_KEY_BACKENDS = {
+        **settings.VAULT_KEY_BACKENDS,
+        "vault-b": {
+            "BACKEND": "local",
+            "OPTIONS": {"PATH": str(tmp_path / "b.json"), "KEY_FILE": str(tmp_path / "b.key")},
+        },
+    }
+    return "vault-b"
+
+
+def _create(client: Client, slug: str = "beta", **data: object) -> Any:
+    return client.post(_url("keys", slug), {"action": "create", **data}, follow=True)
+
+
+def test_console_keys_owner_creates_the_keys(beta, second_backend):
+    client = _client(_person(beta, Role.OWNER))
+    page = client.get(_url("keys", "beta"))
+    assert _offered(page.content) == {"create"}
+    check_page(page)
+    response = _create(client, backend="local", recovery_backend=second_backend)
+    assert response.redirect_chain[-1][0] == _url("keys", "beta")
+    roles = dict(KeyBinding.objects.filter(tenant=beta).values_list("role", "backend_alias"))
+    assert roles[KeyRole.PRIMARY] == "local"
+    assert roles[KeyRole.RECOVERY] == second_backend
+    assert _events(beta, "key.create") == len(roles)
+    text = response.content.decode()
+    assert "The tenant&#x27;s keys are created" in text
+    primary = KeyBinding.objects.get(tenant=beta, role=KeyRole.PRIMARY)
+    assert primary.key_id in text
+    # Bound now: the form is gone.
+    assert "create" not in _offered(response.content)
+
+
+def test_console_keys_create_without_recovery(beta):
+    client = _client(_person(beta, Role.OWNER))
+    _create(client, backend="local", recovery_backend="")
+    assert KeyBinding.objects.filter(tenant=beta, role=KeyRole.PRIMARY).exists()
+    assert not KeyBinding.objects.filter(tenant=beta, role=KeyRole.RECOVERY).exists()
+
+
+@pytest.mark.parametrize("role", [Role.CUSTODIAN, Role.MEMBER])
+def test_console_keys_create_is_for_owners_only(beta, role):
+    client = _client(_person(beta, role))
+    page = client.get(_url("keys", "beta"))
+    assert _offered(page.content) == set()
+    assert b"Only an owner of the tenant can create them" in page.content
+    response = client.post(_url("keys", "beta"), {"action": "create", "backend": "local"})
+    assert response.status_code == 403
+    assert not KeyBinding.objects.filter(tenant=beta).exists()
+    assert _events(beta, "key.create") == 0
+
+
+def test_console_keys_create_is_refused_to_the_auditor(beta):
+    client = _client(_person(beta, Role.AUDITOR))
+    page = client.get(_url("keys", "beta"))
+    assert _post_forms(page.content) == [reverse("console:logout")]
+    response = client.post(_url("keys", "beta"), {"action": "create", "backend": "local"})
+    assert response.status_code == 403
+    assert not KeyBinding.objects.filter(tenant=beta).exists()
+    assert _events(beta, "key.create") == 0
+
+
+def test_console_keys_create_is_404_to_another_tenant(acme, beta):
+    outsider = _client(_person(acme, Role.OWNER))
+    response = outsider.post(_url("keys", "beta"), {"action": "create", "backend": "local"})
+    assert response.status_code == 404
+    assert not KeyBinding.objects.filter(tenant=beta).exists()
+    assert _events(beta, "key.create") == 0
+
+
+def test_console_keys_create_when_already_bound_changes_nothing(acme):
+    client = _client(_person(acme, Role.OWNER))
+    before = list(KeyBinding.objects.filter(tenant=acme).values_list("pk", "key_id"))
+    events = _events(acme, "key.create")
+    response = _create(client, "acme", backend="local")
+    assert b"keys exist already; nothing was created" in response.content
+    assert list(KeyBinding.objects.filter(tenant=acme).values_list("pk", "key_id")) == before
+    assert _events(acme, "key.create") == events
+
+
+@pytest.mark.parametrize(
+    "data", [{"backend": "nowhere"}, {"backend": "local", "recovery_backend": "nowhere"}]
+)
+def test_console_keys_create_with_an_unknown_backend_changes_nothing(beta, data):
+    client = _client(_person(beta, Role.OWNER))
+    response = _create(client, **data)
+    assert b"No key backend &#x27;nowhere&#x27; is configured." in response.content
+    assert not KeyBinding.objects.filter(tenant=beta).exists()
+    assert _events(beta, "key.create") == 0
+
+
+@pytest.mark.parametrize("transient", [True, False])
+def test_console_keys_create_reports_a_backend_failure(beta, monkeypatch, transient):
+    error = BackendUnavailable("down") if transient else KeyBackendError("refused")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(LocalKeyBackend, "create_key", fail)
+    client = _client(_person(beta, Role.OWNER))
+    response = _create(client, backend="local")
+    expected = b"unavailable; try again later" if transient else b"refused the new keys"
+    assert expected in response.content
+    assert b"Nothing was created." in response.content
+    assert not KeyBinding.objects.filter(tenant=beta).exists()
+    assert _events(beta, "key.create") == 0
 
 
 # --- destroy requests ----------------------------------------------------------------------------

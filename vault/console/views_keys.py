@@ -24,9 +24,10 @@ from django.views.decorators.cache import never_cache
 
 from kms_plugins.errors import KeyBackendError
 from kms_plugins.types import KeyInfo
-from vault.console.tenancy import ALL_ROLES, TenantRequest, tenant_page
+from vault.console.tenancy import ALL_ROLES, TenantRequest, require_role, tenant_page
 from vault.keys.models import KeyBinding, KeyRole
-from vault.keys.registry import key_backend
+from vault.keys.registry import key_backend, key_backends
+from vault.keys.services import AlreadyBound, tenant_bind_backend
 from vault.lifecycle import approvals, services
 from vault.lifecycle.models import (
     ApprovalAction,
@@ -157,6 +158,8 @@ def keys(request: TenantRequest, slug: str) -> HttpResponse:
             return _rotate(request, compromised=True)
         if action == "destroy":
             return _destroy_request(request)
+        if action == "create":
+            return _create_keys(request)
         messages.error(request, "Unknown action.")
         return redirect("console:keys", slug=request.tenant.slug)
     bindings = list(KeyBinding.objects.filter(tenant=request.tenant).order_by("role"))
@@ -166,8 +169,13 @@ def keys(request: TenantRequest, slug: str) -> HttpResponse:
         .filter(_open_requests(timezone.now()))
         .first()
     )
+    unbound = not any(b.role == KeyRole.PRIMARY for b in bindings)
+    can_create = unbound and request.role == Role.OWNER and request.tenant.shredded_at is None
     context = {
         "keys": _key_views(bindings),
+        "unbound": unbound,
+        "can_create": can_create,
+        "backend_aliases": _backend_aliases() if can_create else [],
         "campaigns": _campaigns(request),
         "can_act": can_act,
         "pending_destroy": pending_destroy,
@@ -177,6 +185,45 @@ def keys(request: TenantRequest, slug: str) -> HttpResponse:
 
 
 # --- key actions ---------------------------------------------------------------------------------
+
+
+def _backend_aliases() -> list[str]:
+    """The aliases of the configured key backends (none when the configuration is broken)."""
+    try:
+        return sorted(key_backends())
+    except KeyBackendError:
+        return []
+
+
+def _create_keys(request: TenantRequest) -> HttpResponse:
+    """Owners create the tenant's keys: bind it to a configured backend (and a recovery one)."""
+    require_role(request, {Role.OWNER}, action="create")
+    target = redirect("console:keys", slug=request.tenant.slug)
+    alias = request.POST.get("backend", "").strip()
+    recovery = request.POST.get("recovery_backend", "").strip() or None
+    configured = _backend_aliases()
+    if not alias:
+        messages.error(request, "Choose the key backend for the tenant's keys.")
+        return target
+    for wanted in filter(None, (alias, recovery)):
+        if wanted not in configured:
+            messages.error(request, f"No key backend {wanted!r} is configured.")
+            return target
+    try:
+        made = tenant_bind_backend(
+            tenant=request.tenant, backend_alias=alias, recovery_alias=recovery
+        )
+    except AlreadyBound:
+        messages.error(request, "The tenant's keys exist already; nothing was created.")
+        return target
+    except KeyBackendError as exc:
+        messages.error(request, _backend_message(exc, "new keys") + " Nothing was created.")
+        return target
+    created = ", ".join(
+        f"{binding.get_role_display().lower()} in {binding.backend_alias}" for binding in made
+    )
+    messages.success(request, f"The tenant's keys are created: {created}.")
+    return target
 
 
 def _rotate(request: TenantRequest, *, compromised: bool) -> HttpResponse:

@@ -192,6 +192,31 @@ def test_console_keys_owner_rotates_the_key_and_sees_the_campaign(
     assert page_errors == []
 
 
+def test_console_keys_owner_creates_the_keys_of_an_unbound_tenant(
+    page, page_errors, make_person, sign_in, screenshot
+):
+    tenant = tenant_create(slug="acme", name="Acme Payments")
+    owner = make_person("owner@acme.example", tenant=tenant, role=Role.OWNER)
+
+    sign_in(page, owner)
+    page.goto(KEYS)
+    screenshot(page, "keys-unbound")
+    assert "This tenant has no keys yet." in page.locator("#key-list").inner_text()
+    page.get_by_label("Key backend", exact=True).select_option("local")
+    assert page.get_by_label("Recovery key backend (optional)").input_value() == ""
+    page.get_by_role("button", name="Create the keys").click()
+    page.wait_for_load_state()
+    screenshot(page, "keys-created")
+    assert "The tenant's keys are created: primary key-encryption key in local" in _messages(page)
+    binding = KeyBinding.objects.get(tenant=tenant, role=KeyRole.PRIMARY)
+    assert page.get_by_role("heading", name="Primary key-encryption key").is_visible()
+    assert binding.key_id in page.locator("#key-primary").inner_text()
+    versions = page.get_by_role("table", name="Versions of the primary key-encryption key")
+    assert versions.get_by_role("rowheader").all_inner_texts() == ["1"]
+    assert page.get_by_role("button", name="Create the keys").count() == 0
+    assert page_errors == []
+
+
 def test_console_keys_auditor_opens_every_page_and_is_offered_no_change(
     page, page_errors, make_person, sign_in, screenshot
 ):
