@@ -138,6 +138,13 @@ if VAULT_KEY_BACKENDS is None:
         # The platform log's checkpoints (and tenants whose backend cannot sign) sign here.
         VAULT_SIGNING_BACKEND = VAULT_SIGNING_BACKEND or "local"
 
+# The backends a tenant's owner may create the tenant's keys in from the console (binding a
+# tenant to a backend is otherwise the operator's `manage.py tenant_bind_backend`). Under the
+# embedded default: its local keystore; elsewhere none unless listed.
+VAULT_OWNER_BACKENDS = env_list(
+    "VAULT_OWNER_BACKENDS", ["local"] if "local" in VAULT_KEY_BACKENDS and not PRODUCTION else []
+)
+
 # API tokens are stored as HMAC-SHA256 under this key; by default it derives from SECRET_KEY.
 VAULT_TOKEN_HMAC_KEY = _token_hmac_key or SECRET_KEY
 # Sensitive values in audit events are stored as HMACs under keys derived from this one.

@@ -127,7 +127,7 @@ def test_console_keys_and_approvals_pages_are_built_for_the_csp_with_labelled_in
         assert len(parser.forms) > 1
 
 
-@pytest.mark.parametrize("role", [Role.AUDITOR, Role.MEMBER])
+@pytest.mark.parametrize("role", [Role.AUDITOR])
 def test_console_keys_page_offers_readers_no_form_that_changes_anything(acme, role):
     client = _client(_person(acme, role))
     for name in ("keys", "approvals"):
@@ -136,6 +136,23 @@ def test_console_keys_page_offers_readers_no_form_that_changes_anything(acme, ro
         # The sign-out form is the only one.
         assert _post_forms(response.content) == [reverse("console:logout")]
         assert _offered(response.content) == set()
+
+
+def test_console_keys_and_approvals_are_not_for_members(acme):
+    """As in the API: members have no business with keys or dual control."""
+    client = _client(_person(acme, Role.MEMBER))
+    for name in ("keys", "approvals"):
+        assert client.get(_url(name)).status_code == 403
+
+
+def test_console_keys_owners_choose_only_the_backends_the_operator_listed(beta, settings):
+    settings.VAULT_OWNER_BACKENDS = []
+    client = _client(_person(beta, Role.OWNER))
+    page = client.get(_url("keys", "beta"))
+    assert _offered(page.content) == set()
+    assert b"manage.py tenant_bind_backend" in page.content
+    _create(client, backend="local")
+    assert not KeyBinding.objects.filter(tenant=beta).exists()
 
 
 def test_console_keys_page_tolerates_a_backend_that_is_down(acme):
@@ -233,6 +250,7 @@ def second_backend(settings: Any, tmp_path: Any) -> str:
             "OPTIONS": {"PATH": str(tmp_path / "b.json"), "KEY_FILE": str(tmp_path / "b.key")},
         },
     }
+    settings.VAULT_OWNER_BACKENDS = ["local", "vault-b"]
     return "vault-b"
 
 
@@ -266,7 +284,7 @@ def test_console_keys_create_without_recovery(beta):
     assert not KeyBinding.objects.filter(tenant=beta, role=KeyRole.RECOVERY).exists()
 
 
-@pytest.mark.parametrize("role", [Role.CUSTODIAN, Role.MEMBER])
+@pytest.mark.parametrize("role", [Role.CUSTODIAN])
 def test_console_keys_create_is_for_owners_only(beta, role):
     client = _client(_person(beta, role))
     page = client.get(_url("keys", "beta"))
@@ -312,7 +330,7 @@ def test_console_keys_create_when_already_bound_changes_nothing(acme):
 def test_console_keys_create_with_an_unknown_backend_changes_nothing(beta, data):
     client = _client(_person(beta, Role.OWNER))
     response = _create(client, **data)
-    assert b"No key backend &#x27;nowhere&#x27; is configured." in response.content
+    assert b"No key backend &#x27;nowhere&#x27; is open to owners here." in response.content
     assert not KeyBinding.objects.filter(tenant=beta).exists()
     assert _events(beta, "key.create") == 0
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.contrib.messages import get_messages
+from django.contrib.sessions.models import Session
 from django.test import Client
 from django.urls import reverse
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -20,6 +21,7 @@ from tests.console.test_templates import check_page
 from tests.factories import make_membership, make_tenant, make_user
 from vault.accounts.models import User
 from vault.audit.models import AuditEvent
+from vault.console import views_people
 from vault.console.views_people import NEW_TOKEN_KEY
 from vault.lifecycle.models import ApprovalRequest
 from vault.tenants.models import Membership, Role, Tenant
@@ -384,6 +386,38 @@ def test_console_tokens_shows_a_new_token_once(acme):
     again = client.get(_tokens_url(acme)).content.decode()
     assert clear not in again
     assert token.prefix in again  # still listed, without its secret
+
+
+def _create_token(client: Client, tenant: Tenant) -> None:
+    data = {"action": "create", "token-name": "CI", "token-role": Role.MEMBER}
+    response = client.post(_tokens_url(tenant), {**data, "token-lifetime_days": 30})
+    assert response.status_code == 302
+
+
+def test_console_tokens_keep_no_clear_token_in_the_session_row(acme):
+    client = _client(_person(acme, Role.MEMBER))
+    _create_token(client, acme)
+    row = Session.objects.get(session_key=client.session.session_key)
+    decoded = row.get_decoded()
+    assert set(decoded[NEW_TOKEN_KEY]) == {"ct", "nonce", "expires"}
+    clear = client.get(_tokens_url(acme)).content.decode()
+    clear = clear.split('id="new-token">', 1)[1].split("<", 1)[0]
+    secret = clear.rsplit("_", 1)[1]
+    assert len(secret) >= 40
+    for text in (row.session_data, repr(decoded)):
+        assert clear not in text
+        assert secret not in text
+
+
+def test_console_tokens_show_nothing_for_an_expired_new_token(acme, monkeypatch):
+    client = _client(_person(acme, Role.MEMBER))
+    _create_token(client, acme)
+    real = views_people.time.time
+    monkeypatch.setattr(views_people.time, "time", lambda: real() + 121)
+    content = client.get(_tokens_url(acme)).content.decode()
+    assert 'id="new-token"' not in content
+    assert NEW_TOKEN_KEY not in client.session
+    assert "CI" in content  # the token is listed, its secret is not shown
 
 
 def test_console_tokens_offers_only_roles_the_creator_covers(acme):

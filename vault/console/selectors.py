@@ -22,7 +22,7 @@ from vault.keys.models import KeyBinding
 from vault.keys.registry import key_backend
 from vault.lifecycle.models import ApprovalRequest, RequestState
 from vault.objects.models import ObjectVersion, StoredObject
-from vault.tenants.models import Tenant
+from vault.tenants.models import Role, Tenant
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,38 @@ class AuditStatus:
     verified_at: datetime | None
 
 
+# Who sees which dashboard section: the roles the matching API lets read the same data. Kept here,
+# not imported, because the vault apps never import ``compliance`` and the console does not import
+# the API views; tests/console/test_console_dashboard_roles.py holds them equal.
+COMPLIANCE_READERS = frozenset(
+    {Role.OWNER, Role.CUSTODIAN, Role.AUDITOR}
+)  # compliance/api/views.py
+AUDIT_READERS = frozenset({Role.OWNER, Role.AUDITOR})  # vault/api/permissions.py READERS
+OBJECT_READERS = frozenset({Role.OWNER, Role.MEMBER, Role.AUDITOR})  # vault/objects/api/views.py
+KEY_READERS = frozenset({Role.OWNER, Role.CUSTODIAN, Role.AUDITOR})  # vault/lifecycle/api/views.py
+
+
 @dataclass(frozen=True)
 class Dashboard:
+    """What the dashboard shows one role; a section the role may not read is not computed.
+
+    ``show_*`` says whether the section is on the page; its data is None (empty) when it is not.
+    """
+
+    show_keys: bool
+    show_objects: bool
+    show_compliance: bool
+    show_audit: bool
     backends: list[BackendStatus]
-    objects: ObjectTotals
+    objects: ObjectTotals | None
     compliance: ComplianceSummary | None
-    audit: AuditStatus
-    pending_approvals: int
+    audit: AuditStatus | None
+    pending_approvals: int | None
     compliance_installed: bool
+
+    @property
+    def empty(self) -> bool:
+        return not (self.show_keys or self.show_objects or self.show_compliance or self.show_audit)
 
 
 def _health(alias: str) -> Health:
@@ -170,14 +194,23 @@ def pending_approvals_count(*, tenant: Tenant) -> int:
     ).count()
 
 
-def dashboard_for_tenant(*, tenant: Tenant) -> Dashboard:
-    """Everything the tenant dashboard shows."""
-    compliance = compliance_summary(tenant=tenant)
+def dashboard_for_tenant(*, tenant: Tenant, role: str) -> Dashboard:
+    """What the tenant dashboard shows a person of ``role``: only what its APIs let it read."""
+    show_keys = role in KEY_READERS
+    show_objects = role in OBJECT_READERS
+    show_compliance = role in COMPLIANCE_READERS
+    show_audit = role in AUDIT_READERS
+    # The audit section's verdict comes from the last compliance run, read for it alone if need be.
+    compliance = compliance_summary(tenant=tenant) if show_compliance or show_audit else None
     return Dashboard(
-        backends=backend_statuses(tenant=tenant),
-        objects=object_totals(tenant=tenant),
-        compliance=compliance,
-        audit=audit_status(tenant=tenant, compliance=compliance),
-        pending_approvals=pending_approvals_count(tenant=tenant),
+        show_keys=show_keys,
+        show_objects=show_objects,
+        show_compliance=show_compliance,
+        show_audit=show_audit,
+        backends=backend_statuses(tenant=tenant) if show_keys else [],
+        objects=object_totals(tenant=tenant) if show_objects else None,
+        compliance=compliance if show_compliance else None,
+        audit=audit_status(tenant=tenant, compliance=compliance) if show_audit else None,
+        pending_approvals=pending_approvals_count(tenant=tenant) if show_keys else None,
         compliance_installed=apps.is_installed("compliance"),
     )

@@ -48,6 +48,7 @@ from vault.console.decorators import (
     with_next,
 )
 from vault.console.forms import CodeForm, SignInForm
+from vault.console.registry import nav_entries
 from vault.console.selectors import dashboard_for_tenant
 from vault.console.tenancy import READ_ONLY, TenantRequest, tenant_page
 from vault.tenants.selectors import memberships_for_user
@@ -305,8 +306,16 @@ def home(request: HttpRequest) -> HttpResponse:
 @never_cache
 @tenant_page(READ_ONLY)
 def dashboard(request: TenantRequest, slug: str) -> HttpResponse:
-    """The tenant at a glance: key backends, objects, compliance, audit log, approvals."""
-    context = {"dashboard": dashboard_for_tenant(tenant=request.tenant)}
+    """The tenant at a glance, each section only for the roles its API lets read the same data."""
+    board = dashboard_for_tenant(tenant=request.tenant, role=request.role)
+    links = []
+    if board.empty:  # nothing to show: point to the pages the role can use instead
+        links = [
+            (entry.label, entry.url(request.tenant.slug))
+            for entry in nav_entries(role=request.role)
+            if entry.url_name != "console:dashboard"
+        ]
+    context = {"dashboard": board, "links": links}
     return render(request, "console/dashboard.html", context)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.db.models import Q
 from django.http import Http404, HttpResponse
@@ -24,7 +25,7 @@ from django.views.decorators.cache import never_cache
 
 from kms_plugins.errors import KeyBackendError
 from kms_plugins.types import KeyInfo
-from vault.console.tenancy import ALL_ROLES, TenantRequest, require_role, tenant_page
+from vault.console.tenancy import TenantRequest, require_role, tenant_page
 from vault.keys.models import KeyBinding, KeyRole
 from vault.keys.registry import key_backend, key_backends
 from vault.keys.services import AlreadyBound, tenant_bind_backend
@@ -40,10 +41,11 @@ from vault.lifecycle.models import (
 )
 from vault.tenants.models import Role
 
-# Owners and custodians look after the keys (the API's KEY_PEOPLE); the auditor and members read.
+# Owners and custodians look after the keys and the auditor reads, as in the API (KEY_PEOPLE,
+# KEY_READERS); members have no business with keys or dual control.
 KEY_PEOPLE = frozenset({Role.OWNER, Role.CUSTODIAN})
-# Everyone in the tenant reads; owners and custodians post the page's forms back to it.
-KEYS_PAGE = {"GET": ALL_ROLES, "POST": KEY_PEOPLE}
+KEY_READERS = frozenset({Role.OWNER, Role.CUSTODIAN, Role.AUDITOR})
+KEYS_PAGE = {"GET": KEY_READERS, "POST": KEY_PEOPLE}
 REASON_MAX = 2000
 RECENT_REQUESTS = 20
 RECENT_CAMPAIGNS = 20
@@ -188,11 +190,14 @@ def keys(request: TenantRequest, slug: str) -> HttpResponse:
 
 
 def _backend_aliases() -> list[str]:
-    """The aliases of the configured key backends (none when the configuration is broken)."""
+    """The configured backends an owner may choose (``VAULT_OWNER_BACKENDS``): never the
+    platform's signing backends unless the operator listed them, none when the configuration is
+    broken."""
     try:
-        return sorted(key_backends())
+        configured = key_backends()
     except KeyBackendError:
         return []
+    return sorted(alias for alias in configured if alias in settings.VAULT_OWNER_BACKENDS)
 
 
 def _create_keys(request: TenantRequest) -> HttpResponse:
@@ -207,7 +212,7 @@ def _create_keys(request: TenantRequest) -> HttpResponse:
         return target
     for wanted in filter(None, (alias, recovery)):
         if wanted not in configured:
-            messages.error(request, f"No key backend {wanted!r} is configured.")
+            messages.error(request, f"No key backend {wanted!r} is open to owners here.")
             return target
     try:
         made = tenant_bind_backend(

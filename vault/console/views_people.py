@@ -13,13 +13,23 @@ events:
   tenant, anyone else their own tokens of their current role. Everyone but the auditor creates
   tokens for themselves, with a role their own covers; owners revoke any token of the tenant,
   anyone else their own. A new token is shown once, on the page after the POST: it waits in the
-  session only until that page pops it.
+  session until that page pops it, but only sealed (AES-GCM under a key derived from
+  ``SECRET_KEY``, bound to the session and the user) and for two minutes, so the database's
+  session rows and their backups never hold a clear token.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import time
 from typing import Any, cast
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -41,8 +51,10 @@ OWNERS = frozenset({Role.OWNER})
 MEMBER_READERS = frozenset({Role.OWNER, Role.AUDITOR})
 # As in vault.tenants.api.views: appointing these roles needs approvals.
 DUAL_CONTROL_ROLES = frozenset({Role.OWNER, Role.CUSTODIAN})
-# The clear token of the last creation, kept until the next page shows it (once).
+# The last created token, sealed, kept until the next page shows it (once), for two minutes.
 NEW_TOKEN_KEY = "console_new_token"  # noqa: S105  (a session key's name, not a secret)
+NEW_TOKEN_INFO = b"ciphervault/v1/console-new-token"
+NEW_TOKEN_SECONDS = 120
 LAST_OWNER = (
     "{email} is the tenant's last owner, and a tenant always keeps one. "
     "Make someone else an owner first."
@@ -312,7 +324,7 @@ def tokens(request: TenantRequest, slug: str) -> HttpResponse:
             messages.error(request, "Nothing was changed: the form did not say what to do.")
             return redirect("console:tokens", slug=slug)
     # Shown on this one page only: popped before rendering, so a reload does not show it again.
-    new_token = request.session.pop(NEW_TOKEN_KEY, None)
+    new_token = _new_token_open(request, request.session.pop(NEW_TOKEN_KEY, None))
     if new_token and new_token.get("tenant") != request.tenant.slug:
         new_token = None
     listed = list(_visible_tokens(request))
@@ -346,12 +358,52 @@ def _token_create(request: TenantRequest, form: TokenCreateForm) -> bool:
     except token_services.TokenError as exc:
         form.add_error(None, str(exc))
         return False
-    request.session[NEW_TOKEN_KEY] = {
-        "tenant": request.tenant.slug,
-        "name": issued.token.name,
-        "prefix": issued.token.prefix,
-        "role": issued.token.role,
-        "clear": issued.clear,
-    }
+    request.session[NEW_TOKEN_KEY] = _new_token_seal(
+        request,
+        {
+            "tenant": request.tenant.slug,
+            "name": issued.token.name,
+            "prefix": issued.token.prefix,
+            "role": issued.token.role,
+            "clear": issued.clear,
+        },
+    )
     messages.success(request, f"The token {issued.token.name} is created.")
     return True
+
+
+def _new_token_aead(request: TenantRequest) -> tuple[AESGCM, bytes]:
+    """The sealing key (HKDF-SHA256 of ``SECRET_KEY``) and the associated data: session, user."""
+    key = HKDF(hashes.SHA256(), length=32, salt=None, info=NEW_TOKEN_INFO).derive(
+        settings.SECRET_KEY.encode()
+    )
+    bound = json.dumps([request.session.session_key or "", request.user.pk]).encode()
+    return AESGCM(key), bound
+
+
+def _new_token_seal(request: TenantRequest, shown: dict[str, str]) -> dict[str, Any]:
+    """A new token for the session: encrypted and short-lived, never in clear."""
+    if request.session.session_key is None:
+        request.session.save()  # the key is part of the associated data: fix it now
+    aead, bound = _new_token_aead(request)
+    nonce = os.urandom(12)
+    sealed = aead.encrypt(nonce, json.dumps(shown).encode(), bound)
+    return {
+        "ct": base64.b64encode(sealed).decode(),
+        "nonce": base64.b64encode(nonce).decode(),
+        "expires": int(time.time()) + NEW_TOKEN_SECONDS,
+    }
+
+
+def _new_token_open(request: TenantRequest, entry: Any) -> dict[str, str] | None:
+    """The sealed new token, if it is there, not expired, and opens for this session and user."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("expires"), int):
+        return None
+    if entry["expires"] < time.time():
+        return None
+    aead, bound = _new_token_aead(request)
+    try:
+        plain = aead.decrypt(base64.b64decode(entry["nonce"]), base64.b64decode(entry["ct"]), bound)
+    except (InvalidTag, KeyError, TypeError, ValueError):
+        return None
+    return cast(dict[str, str], json.loads(plain))

@@ -192,6 +192,33 @@ def test_console_keys_owner_rotates_the_key_and_sees_the_campaign(
     assert page_errors == []
 
 
+def test_console_keys_custodian_marks_a_version_compromised(
+    page, page_errors, make_person, sign_in, screenshot
+):
+    tenant = _acme()
+    custodian = make_person("custodian@acme.example", tenant=tenant, role=Role.CUSTODIAN)
+    _store(tenant, "invoices.csv")
+    sign_in(page, custodian)
+    page.goto(KEYS)
+    screenshot(page, "keys")
+    # Without the confirmation box ticked nothing happens.
+    page.get_by_role("button", name="Mark compromised and rotate").first.click()
+    page.wait_for_load_state()
+    assert KeyBinding.objects.get(tenant=tenant, role=KeyRole.PRIMARY).current_version == 1
+    page.get_by_label(
+        "The current version of the primary key-encryption key is compromised"
+    ).check()
+    page.get_by_role("button", name="Mark compromised and rotate").first.click()
+    page.wait_for_load_state()
+    screenshot(page, "keys-compromised")
+    assert KeyBinding.objects.get(tenant=tenant, role=KeyRole.PRIMARY).current_version == 2
+    campaign = Campaign.objects.get(tenant=tenant)
+    assert campaign.reason == "compromised"
+    versions = page.get_by_role("table", name="Versions of the primary key-encryption key")
+    assert "compromised" in versions.inner_text().lower()
+    assert page_errors == []
+
+
 def test_console_keys_owner_creates_the_keys_of_an_unbound_tenant(
     page, page_errors, make_person, sign_in, screenshot
 ):
