@@ -120,7 +120,10 @@ def test_it_round_trips_the_verifier_key_string(key: CheckpointKey) -> None:
     assert base64.b64decode(encoded)[0] == 0x02
     assert CheckpointKey.from_vkey(vkey) == key
     wrong_id = f"{name}+{(key.key_id ^ 1):08x}+{encoded}"
-    for bad in (wrong_id, f"{name}+{key_hash}", f"{name}+{key_hash.upper()}+{encoded}", "x"):
+    bads = [wrong_id, f"{name}+{key_hash}", "x"]
+    if key_hash.upper() != key_hash:  # a key ID of digits only has no upper-case form
+        bads.append(f"{name}+{key_hash.upper()}+{encoded}")
+    for bad in bads:
         with pytest.raises(InvalidCheckpointParameters):
             CheckpointKey.from_vkey(bad)
     assert CheckpointKey.from_pem(ORIGIN, key.public_key_pem().decode()) == key
