@@ -34,7 +34,12 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
-from vault.crypto.canonical import NotCanonicalizable, canonical_json
+from vault.crypto.canonical import (
+    NotCanonicalizable,
+    StrictJsonError,
+    canonical_json,
+    strict_decode,
+)
 from vault.crypto.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -255,23 +260,8 @@ class LeafFormatError(AuditProofError, ValueError):
 # Small strict codecs
 
 
-class _Malformed(Exception):
-    """Internal: JSON the strict decoder refuses (duplicate member, float, NaN)."""
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise _Malformed("a member appears twice in one object")
-    return result
-
-
-def _no_float(text: str) -> Any:
-    raise _Malformed("a floating-point number")
-
-
-def _no_constant(text: str) -> Any:
-    raise _Malformed(f"{text} is not JSON")
+# Internal: JSON the strict decoder refuses (duplicate member, float, NaN).
+_Malformed = StrictJsonError
 
 
 def _strict_json(text: str) -> tuple[Any, str]:
@@ -280,19 +270,8 @@ def _strict_json(text: str) -> tuple[Any, str]:
     Raises:
         _Malformed: not JSON, a duplicated member, a float, NaN or infinity, nested too deeply.
     """
-    decoder = json.JSONDecoder(
-        object_pairs_hook=_object_without_duplicates,
-        parse_float=_no_float,
-        parse_constant=_no_constant,
-    )
     leading = _LEADING_SPACE.match(text)
-    start = leading.end() if leading else 0
-    try:
-        value, end = decoder.raw_decode(text, start)
-    except RecursionError:
-        raise _Malformed("nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, an integer of too many digits
-        raise _Malformed(f"not JSON ({exc})") from None
+    value, end = strict_decode(text, leading.end() if leading else 0)
     return value, text[end:]
 
 

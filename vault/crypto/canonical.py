@@ -65,3 +65,50 @@ def encode(value: Any) -> bytes:
     For callers that build most of a value from known strings and check only the rest.
     """
     return _ENCODER.encode(value).encode("utf-8")
+
+
+# --- strict reading --------------------------------------------------------------------------
+
+
+class StrictJsonError(ValueError):
+    """JSON the strict decoder refuses: not JSON, a duplicated member, a float, NaN or
+    infinity, or nested too deeply."""
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise StrictJsonError("a member appears twice in one object")
+    return result
+
+
+def _no_float(text: str) -> Any:
+    raise StrictJsonError("a floating-point number")
+
+
+def _no_constant(text: str) -> Any:
+    raise StrictJsonError(f"{text} is not JSON")
+
+
+_STRICT = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_float=_no_float,
+    parse_constant=_no_constant,
+)
+
+
+def strict_decode(text: str, start: int = 0) -> tuple[Any, int]:
+    """One JSON value of ``text`` from ``start``, and where it ends (as ``raw_decode``), read
+    strictly: what an audit bundle, an evidence pack or any other signed document may hold.
+
+    Raises:
+        StrictJsonError: anything the canonical form could not have produced.
+    """
+    try:
+        return _STRICT.raw_decode(text, start)
+    except RecursionError:
+        raise StrictJsonError("nested too deeply") from None
+    except StrictJsonError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, an integer of too many digits
+        raise StrictJsonError(f"not JSON ({exc})") from None

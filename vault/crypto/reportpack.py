@@ -33,7 +33,6 @@ import binascii
 import hashlib
 import hmac
 import io
-import json
 import re
 import struct
 import zipfile
@@ -53,7 +52,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from vault.crypto.auditbundle import LeafFormatError, format_time, parse_leaf
-from vault.crypto.canonical import NotCanonicalizable, canonical_json
+from vault.crypto.canonical import (
+    NotCanonicalizable,
+    StrictJsonError,
+    canonical_json,
+    strict_decode,
+)
 from vault.crypto.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -265,23 +269,8 @@ def _parse_time(value: str) -> datetime | None:
         return None
 
 
-class _Malformed(Exception):
-    """Internal: JSON the strict decoder refuses."""
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise _Malformed("a member appears twice in one object")
-    return result
-
-
-def _no_float(text: str) -> Any:
-    raise _Malformed("a floating-point number")
-
-
-def _no_constant(text: str) -> Any:
-    raise _Malformed(f"{text} is not JSON")
+# Internal: JSON the strict decoder refuses.
+_Malformed = StrictJsonError
 
 
 def _strict_json(data: bytes) -> Any:
@@ -295,17 +284,7 @@ def _strict_json(data: bytes) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _Malformed("not UTF-8") from None
-    decoder = json.JSONDecoder(
-        object_pairs_hook=_object_without_duplicates,
-        parse_float=_no_float,
-        parse_constant=_no_constant,
-    )
-    try:
-        value, end = decoder.raw_decode(text)
-    except RecursionError:
-        raise _Malformed("nested too deeply") from None
-    except ValueError as exc:
-        raise _Malformed(f"not JSON ({exc})") from None
+    value, end = strict_decode(text)
     if end != len(text):
         raise _Malformed("data after the JSON value")
     return value
