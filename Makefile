@@ -1,6 +1,7 @@
 # Ciphervault: the two commands of the README, and the checks CI runs.
 #   make run    set up and serve on the embedded default (SQLite, filesystem, no broker server)
 #   make test   set up and run the test suite (installs what the suite needs when run as root)
+#   make torture  the reliability suite at full size and the load run, with a summary
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ CONSTRAINTS := requirements/constraints.txt
 PORT ?= 8000
 comma := ,
 
-.PHONY: run test lint schema lock clean dev-install
+.PHONY: run test torture lint schema lock clean dev-install
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ciphervault needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -39,6 +40,11 @@ test:
 	bash scripts/test-env.sh
 	$(MAKE) --no-print-directory dev-install
 	bash scripts/pytest.sh $(PYTEST_ARGS)
+
+# Fault injection, fuzzing, isolation, schemathesis and secrets scan at full size, then 32 clients
+# against gunicorn with PostgreSQL and Redis; writes var/torture/<time>/summary.md.
+torture:
+	bash scripts/torture.sh
 
 dev-install: $(PY)
 	@$(MAKE) --no-print-directory $(DEV_STAMP)

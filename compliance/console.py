@@ -179,6 +179,9 @@ def _run_start(request: TenantRequest) -> HttpResponse:
     try:
         evaluate.delay(str(run.pk))
     except Exception as exc:
+        # The job failed in-process, or could not be enqueued (the queue is down: 503
+        # queue_unavailable): either way no run may stay "running" for nothing.
+        engine.run_not_queued(run, exc)
         if not hasattr(exc, "code"):
             raise
         messages.error(request, f"The run could not finish: {_failure(exc)}")

@@ -277,6 +277,18 @@ def run_start(
     return run
 
 
+def run_not_queued(run: ComplianceRun, exc: BaseException) -> None:
+    """Close a started run whose job could not be enqueued (the task queue is down) as failed.
+
+    Left running, it would never end, and for ``RUN_STALE_AFTER`` every later start would be
+    answered with it instead of a new run. A run already closed (the job ran eagerly and
+    failed) is left as it is.
+    """
+    ComplianceRun.objects.filter(pk=run.pk, state=RunState.RUNNING).update(
+        state=RunState.FAILED, finished_at=timezone.now(), last_error=type(exc).__name__
+    )
+
+
 def run_evaluate(
     run: ComplianceRun,
     *,

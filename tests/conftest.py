@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
-COMPONENT_MARKERS = ("postgres", "redis", "softhsm", "tpm", "kmip", "browser")
+COMPONENT_MARKERS = ("postgres", "redis", "softhsm", "tpm", "kmip", "browser", "tmpfs")
 COMPONENT_MODULES = {
     "softhsm": "kms_plugins.testing.softhsm",
     "tpm": "kms_plugins.testing.swtpm",
@@ -44,6 +45,10 @@ def _available(component: str) -> str | None:
         return None if "postgresql" in engine else "DATABASE_URL does not name a PostgreSQL server"
     if component == "redis":
         return None if settings.REDIS_URL else "REDIS_URL is not set"
+    if component == "tmpfs":
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            return "mounting a tmpfs needs root and mount(8)"
+        return None
     if component == "browser":
         if not os.access(CHROMIUM, os.X_OK):
             return f"{CHROMIUM} is missing (Debian package chromium)"

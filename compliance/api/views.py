@@ -13,7 +13,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.generics import GenericAPIView
@@ -140,7 +140,12 @@ class RunViewSet(
         except engine.RunInProgress as exc:
             # One run at a time: asking again while one runs answers with that run.
             return Response(RunSerializer(exc.run).data, status=status.HTTP_202_ACCEPTED)
-        evaluate.delay(str(run.pk))
+        try:
+            evaluate.delay(str(run.pk))
+        except Exception as exc:
+            # The queue is down (503 queue_unavailable): no run may stay "running" for nothing.
+            engine.run_not_queued(run, exc)
+            raise
         run.refresh_from_db()
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
@@ -155,7 +160,10 @@ class RunViewSet(
             ),
         ],
         responses={
-            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/pdf"): OpenApiTypes.BINARY,
+            (200, "application/zip"): OpenApiTypes.BINARY,
             400: ErrorSerializer,
             409: ErrorSerializer,
         },
@@ -263,7 +271,17 @@ class WaiverViewSet(
             raise _error(exc.status, exc.code, str(exc)) from exc
         return Response(WaiverSerializer(waiver).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=WaiverDecisionSerializer, responses={200: WaiverSerializer})
+    @extend_schema(
+        request=WaiverDecisionSerializer,
+        responses={
+            200: WaiverSerializer,
+            409: OpenApiResponse(
+                response=ErrorSerializer,
+                description="The waiver is no longer pending (`waiver_not_pending`), or the "
+                "caller already decided (`already_decided`).",
+            ),
+        },
+    )
     @action(detail=True, methods=["post"])
     def decide(self, request: Request, pk: int | None = None) -> Response:
         waiver = self.get_object()
@@ -280,7 +298,16 @@ class WaiverViewSet(
             raise _error(exc.status, exc.code, str(exc)) from exc
         return Response(WaiverSerializer(waiver).data)
 
-    @extend_schema(request=None, responses={200: WaiverSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            200: WaiverSerializer,
+            409: OpenApiResponse(
+                response=ErrorSerializer,
+                description="The waiver is not active (`waiver_not_active`).",
+            ),
+        },
+    )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: int | None = None) -> Response:
         waiver = self.get_object()

@@ -475,6 +475,7 @@ ENDPOINTS = [
         200,
         make_object=_new_client_object,
         payload=_same_header,
+        object_payload=lambda pk: _CLIENT_HEADERS[pk],
         still_there=_client_object_unchanged,
         url_kwargs={"number": 1},
     ),
@@ -736,9 +737,11 @@ def _waiver_created_here(response: Any, world: World) -> None:
 def _new_attestation(world: World, side: Side, role: str) -> int:
     from compliance.services import attestation_create
 
+    signer = side.actors[Role.OWNER].user
+    assert signer is not None, "an attestation is a person's act"
     return attestation_create(
         tenant=side.tenant,
-        user=side.actors[Role.OWNER].user,
+        user=signer,
         requirement="7.2.4",
         kind="access_review",
         statement="Reviewed every member and token.",

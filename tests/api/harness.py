@@ -11,10 +11,15 @@ without these cases.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from django.apps import apps
+from django.db.models import Model, QuerySet
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from vault.accounts.models import User
@@ -29,7 +34,7 @@ ROLES = tuple(Role.values)
 @dataclass
 class Actor:
     role: str
-    user: User
+    user: User | None
     token: ApiToken
     clear: str
 
@@ -47,10 +52,21 @@ class World:
     mine: Side
     other: Side
     counter: list[int] = field(default_factory=lambda: [0])
+    # Put in front of every unique name while set: the isolation tests plant a marker in every
+    # name made for the other tenant, then look for it in the answers the caller gets.
+    prefix: str = ""
 
     def unique(self, stem: str) -> str:
         self.counter[0] += 1
-        return f"{stem}{self.counter[0]}"
+        return f"{self.prefix}{stem}{self.counter[0]}"
+
+
+def make_actor(*, tenant: Tenant, role: str, user: User | None) -> Actor:
+    """A token of ``role`` in ``tenant``: a person's (already a member), or, with no user, an
+    integration token that acts for nobody (as ``manage.py token_create`` makes)."""
+    name = f"{role} token" if user is not None else f"{role} integration"
+    issued = token_create(tenant=tenant, name=name, role=role, user=user)
+    return Actor(role=role, user=user, token=issued.token, clear=issued.clear)
 
 
 def make_side(slug: str) -> Side:
@@ -59,10 +75,79 @@ def make_side(slug: str) -> Side:
     for role in ROLES:
         user = User.objects.create_user(email=f"{role}@{slug}.example")
         Membership.objects.create(tenant=tenant, user=user, role=role)
-        issued = token_create(tenant=tenant, name=f"{role} token", role=role, user=user)
-        actors[role] = Actor(role=role, user=user, token=issued.token, clear=issued.clear)
+        actors[role] = make_actor(tenant=tenant, role=role, user=user)
     tenant_bind_backend(tenant=tenant, backend_alias="local")
     return Side(tenant=tenant, actors=actors)
+
+
+@functools.cache
+def _tenant_path(model: type[Model], depth: int = 3) -> str | None:
+    """The shortest lookup from ``model`` to the tenant it belongs to, through forward foreign
+    keys (None for models that belong to no tenant)."""
+    if model is Tenant:
+        return "pk"
+    found: list[str] = []
+    for entry in model._meta.get_fields():
+        if not (entry.is_relation and entry.concrete and (entry.many_to_one or entry.one_to_one)):
+            continue
+        related = entry.related_model
+        if related is Tenant:
+            return entry.name
+        if depth > 1 and isinstance(related, type) and related is not model:
+            rest = _tenant_path(related, depth - 1)
+            if rest is not None:
+                found.append(f"{entry.name}__{rest}")
+    return min(found, key=lambda path: path.count("__")) if found else None
+
+
+def _plain(value: Any) -> Any:
+    return bytes(value) if isinstance(value, memoryview | bytearray) else value
+
+
+def _tenant_rows(model: type[Model], tenant: Tenant) -> QuerySet[Any] | None:
+    """The rows of ``model`` that belong to ``tenant`` (None: the model belongs to no tenant)."""
+    path = _tenant_path(model)
+    if path is not None:
+        return model._default_manager.filter(**{path: tenant.pk})
+    if model is User:
+        return model._default_manager.filter(memberships__tenant=tenant)
+    if any(f.name == "log" and not f.is_relation for f in model._meta.concrete_fields):
+        return model._default_manager.filter(log=f"t{tenant.pk}")  # the tenant's audit log
+    return None
+
+
+def tenant_state(tenant: Tenant, *, full: bool = True) -> dict[str, Any]:
+    """Everything that belongs to ``tenant``, to compare before and after another tenant's
+    attempts: every row that leads to it by foreign keys (objects, versions, upload sessions and
+    parts, keys, members, tokens, approvals and votes, campaigns, compliance records, ...), the
+    rows of its audit log (so its event count too), its members' accounts, and its stored files
+    (each with its SHA-256). With ``full=False``: only how many rows of each model and which
+    files with what sizes, which is enough after a read and much cheaper."""
+    from django.core.files.storage import storages
+
+    state: dict[str, Any] = {}
+    for model in apps.get_models():
+        if model._meta.proxy or not model._meta.managed:
+            continue
+        rows = _tenant_rows(model, tenant)
+        if rows is None:
+            continue
+        if not full:
+            state[model._meta.label] = rows.count()
+            continue
+        state[model._meta.label] = [
+            tuple(_plain(v) for v in row) for row in rows.order_by("pk").values_list()
+        ]
+    # Stored files: every name lives under the tenant's directory (``<tenant pk>/...``).
+    root = Path(storages["default"].path("")) / str(tenant.pk)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    state["files"] = {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if full
+        else p.stat().st_size
+        for p in files
+    }
+    return state
 
 
 # make_object(world, side, role) -> the object's pk, made in ``side``'s tenant so that the actor of
@@ -89,6 +174,9 @@ class Endpoint:
     url_kwargs: dict[str, Any] = field(default_factory=dict)
     # Data to create before the calls (for lists: something in each tenant to find or not).
     prepare: Callable[[World], Any] | None = None
+    # The body that would succeed on the object with this pk, where ``payload`` cannot know the
+    # object (the isolation matrix sends it at another tenant's object).
+    object_payload: Callable[[Any], Any] | None = None
 
     @property
     def id(self) -> str:

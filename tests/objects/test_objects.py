@@ -219,10 +219,12 @@ def test_a_deactivated_key_still_reads_but_a_destroyed_key_does_not() -> None:
     ref = backend.describe(binding.key_id).versions[0].ref
     backend.set_state(ref, KeyState.DEACTIVATED)
     assert _get(client, obj["id"])[1] == b"secret"
-    assert _put(client, obj["id"], b"more").status_code == 500
+    refused = _put(client, obj["id"], b"more")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "key_state_forbids"
     backend.destroy(ref)
     response, _ = _get(client, obj["id"])
-    assert response.status_code == 500
+    assert response.status_code == 410
     assert response.json()["error"]["code"] == "key_destroyed"
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -18,6 +19,9 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from vault.core.logging import current_request_id
+
+#: Seconds a client is told to wait (``Retry-After``) after a 503 from a view.
+UNAVAILABLE_RETRY_AFTER = 5
 
 
 class ApiError(exceptions.APIException):
@@ -77,6 +81,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
     if getattr(exc, "wait", None):
         headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
+    elif exc.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+        # Every 503 here is transient (a key backend or the audit log unavailable): say when
+        # to come back (RFC 9110, 10.2.3), as the outage middleware does for its own 503s.
+        headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER)
     if isinstance(exc, exceptions.ValidationError):
         code, message, details = "invalid", "The request is not valid.", exc.detail
     else:
@@ -91,31 +99,40 @@ def json_error(status_code: int, code: str, message: str) -> JsonResponse:
     return JsonResponse(error_body(status_code, code, message), status=status_code)
 
 
-def _wants_json(request: HttpRequest) -> bool:
+def wants_json(request: HttpRequest) -> bool:
+    """Whether ``request`` is answered in the API's error shape rather than an HTML page."""
     return request.path.startswith(("/api/", "/healthz", "/readyz"))
 
 
 # Django's own error views answer everything outside the API (console pages) in HTML; the API,
 # including paths no view matches and crashes outside DRF, answers in the one error shape.
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _wants_json(request):
+    if wants_json(request):
         return json_error(400, "bad_request", "The request is malformed.")
     return defaults.bad_request(request, exception or Exception())
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _wants_json(request):
+    if wants_json(request):
         return json_error(403, "permission_denied", "You may not do this.")
     return defaults.permission_denied(request, exception or Exception())
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _wants_json(request):
+    if wants_json(request):
         return json_error(404, "not_found", "No such resource.")
     return defaults.page_not_found(request, exception)
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    if _wants_json(request):
+    # Django calls this while handling the exception: one from an unavailable component (raised
+    # outside a view, where DependencyFailureMiddleware cannot see it) still answers 503.
+    from vault.core.outages import outage_of, outage_response
+
+    failure = sys.exc_info()[1]
+    outage = outage_of(failure) if failure is not None else None
+    if outage is not None:
+        return outage_response(request, outage)
+    if wants_json(request):
         return json_error(500, "server_error", "The server failed to answer; quote the request id.")
     return defaults.server_error(request)

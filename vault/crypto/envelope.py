@@ -1236,6 +1236,9 @@ def decrypt_stream(
     Raises:
         EnvelopeFormatError, UnsupportedEnvelope: a malformed header.
         AuthenticationFailed: wrong key or context, tampering, truncation, trailing data.
+        Whatever ``key`` raises when it is a function (through ``unwrap_dek``:
+        ``NoMatchingStanza`` and the backend's ``KeyBackendError``), and the errors of
+        ``source`` and ``destination``, pass through unchanged.
     """
     reader = _Reader(source)
     header, _ = _parse(reader.read_exact)

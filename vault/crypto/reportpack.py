@@ -15,11 +15,13 @@ The ZIP container is read by this module's own strict parser, not by :mod:`zipfi
 what is verified is exactly what ``unzip`` extracts: the end record must be the file's last 22
 bytes (no comment, no trailing data), members must tile the file from byte 0 to the central
 directory (no prepended, hidden or overlapping data), local headers must agree with the central
-directory, only stored and deflated members without encryption, data descriptors or ZIP64, and
-member names are relative paths of ``[A-Za-z0-9._-]`` segments with no duplicate even ignoring
-case. Everything read is bounded: the pack's size, the member count, the total uncompressed size
-(declared sizes are checked before anything is inflated, and inflating stops at the declared
-size), and each metadata member's size.
+directory, only stored and deflated members without encryption, data descriptors or ZIP64,
+needing no ZIP version above 2.0 and with only well-formed extra fields (what ``zipfile`` and
+``unzip`` refuse, the verifier refuses too), and member names are relative paths of
+``[A-Za-z0-9._-]`` segments with no duplicate even ignoring case. Everything read is bounded:
+the pack's size, the member count, the total uncompressed size (declared sizes are checked
+before anything is inflated, and inflating stops at the declared size), and each metadata
+member's size.
 
 Trust comes from the CA certificate the caller passes (saved by ``cvault trust save``), never from
 the copy inside the pack. Without one, every other check still runs against the pack's own CA
@@ -159,6 +161,11 @@ _LOCAL_SIGNATURE = 0x04034B50
 _STORED, _DEFLATED = 0, 8
 _ALLOWED_FLAGS = 0x0806  # deflate options (bits 1-2), UTF-8 names (bit 11)
 _ZIP64_MARK = 0xFFFFFFFF
+# "Version needed to extract": 2.0 covers stored and deflated members; a pack never needs more,
+# and a reader (unzip, zipfile) refuses members that claim to need a version it lacks.
+_MAX_NEEDS = 20
+_NEEDS_PROBLEM = "a member that claims to need a ZIP version above 2.0"
+_ZIP64_EXTRA = 0x0001
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,8 +194,9 @@ class PackSigningFailed(PackError):
 
 class PackFormatError(PackError):
     """The pack is not a ZIP of the documented strict form: not a ZIP, data before, between or
-    after its members, a comment, encryption, a data descriptor, ZIP64, another compression
-    method, local headers that disagree with the central directory, a corrupt member."""
+    after its members, a comment, encryption, a data descriptor, ZIP64, a malformed extra field,
+    a member claiming to need a ZIP version above 2.0, another compression method, local headers
+    that disagree with the central directory, a corrupt member."""
 
     code = "pack_malformed"
 
@@ -415,8 +423,8 @@ def _read_zip(data: bytes, *, max_members: int, max_uncompressed: int) -> dict[s
             signature,
             _made_by,
             _made_on,
-            _needs,
-            _needs_on,
+            needs,
+            needs_on,
             flags,
             method,
             _time,
@@ -439,6 +447,10 @@ def _read_zip(data: bytes, *, max_members: int, max_uncompressed: int) -> dict[s
         raw_name = data[name_start : name_start + name_len]
         if comment_len:
             raise PackFormatError("a member comment")
+        if needs > _MAX_NEEDS or needs_on:
+            raise PackFormatError(_NEEDS_PROBLEM)
+        if not _extra_ok(data[name_start + name_len : position - comment_len]):
+            raise PackFormatError("a member with a malformed or ZIP64 extra field")
         if disk_start:
             raise PackFormatError("a multi-disk ZIP")
         if flags & 0x0001 or flags & 0x0040:
@@ -487,6 +499,12 @@ def _read_zip(data: bytes, *, max_members: int, max_uncompressed: int) -> dict[s
         local = _LOCAL.unpack_from(data, offset)
         name_len, extra_len = local[10], local[11]
         data_start = offset + _LOCAL.size + name_len + extra_len
+        if data_start > cd_offset:
+            raise PackFormatError(f"member {_shown(name)}: its local header is truncated")
+        if local[1] > _MAX_NEEDS or local[2]:
+            raise PackFormatError(f"member {_shown(name)}: {_NEEDS_PROBLEM}")
+        if not _extra_ok(data[offset + _LOCAL.size + name_len : data_start]):
+            raise PackFormatError(f"member {_shown(name)}: a malformed or ZIP64 extra field")
         if (
             local[0] != _LOCAL_SIGNATURE
             or (local[3], local[4], *local[7:10]) != (flags, method, crc, csize, size)
@@ -502,6 +520,20 @@ def _read_zip(data: bytes, *, max_members: int, max_uncompressed: int) -> dict[s
     if expected != cd_offset:
         raise PackFormatError("data between the last member and the central directory")
     return members
+
+
+def _extra_ok(extra: bytes) -> bool:
+    """An extra field of well-formed (id, size, data) records, none of them ZIP64: what every
+    reader parses the same way (``zipfile`` refuses a malformed one)."""
+    position = 0
+    while position < len(extra):
+        if position + 4 > len(extra):
+            return False
+        kind, size = struct.unpack_from("<HH", extra, position)
+        position += 4 + size
+        if kind == _ZIP64_EXTRA or position > len(extra):
+            return False
+    return True
 
 
 def _inflate(data: bytes, member: _Member) -> Iterator[bytes]:
@@ -856,6 +888,7 @@ def _parse_proofs(raw: bytes) -> _Proofs:
     if type(raw_anchors) is not list or len(raw_anchors) > MAX_ANCHORS:
         raise _ProofsInvalid(f"anchors is not a list of at most {MAX_ANCHORS} anchors")
     anchors = []
+    indices: set[int] = set()
     for position, item in enumerate(raw_anchors):
         what = f"anchors[{position}]"
         entry = _exact(item, _ANCHOR_MEMBERS)
@@ -867,6 +900,9 @@ def _parse_proofs(raw: bytes) -> _Proofs:
         index = entry["index"]
         if type(index) is not int or not 0 <= index <= MAX_TREE_SIZE:
             raise _ProofsInvalid(f"{what}.index is not an integer in [0, 2**64 - 1]")
+        if index in indices:  # one event counted twice would inflate the report's anchors
+            raise _ProofsInvalid(f"{what}.index repeats another anchor's")
+        indices.add(index)
         anchors.append(_Anchor(leaf, index, _hashes(entry["proof"], f"{what}.proof")))
     return _Proofs(
         origin=origin,
@@ -1023,7 +1059,11 @@ def _check_run_anchor(
         for entry in manifest.files
         if entry.path.startswith(EVIDENCE_PREFIX)
     }
-    if type(listed) is not list or set(listed) != files:
+    if (
+        type(listed) is not list
+        or not all(type(item) is str for item in listed)
+        or set(listed) != files
+    ):
         problems.append(
             f"{PROOFS_PATH}: the run's anchor event lists other evidence than the pack holds "
             f"({len(files)} file(s) in the pack)"
@@ -1037,6 +1077,8 @@ def _check_run_anchor(
         same_run = report["run"]["id"] == manifest.run
         same_tenant = report["tenant"]["slug"] == manifest.tenant
         integrity = report["integrity"]
+        if type(integrity) is not dict:
+            raise TypeError("its integrity statement is not an object")
     except (_Corrupt, _Malformed, KeyError, TypeError, NotCanonicalizable) as exc:
         problems.append(f"{REPORT_PATH}: cannot be read as a report: {exc}")
         return
@@ -1049,25 +1091,40 @@ def _check_run_anchor(
             f"{PROOFS_PATH}: the proofs are of the log {audit.origin}, not tenant "
             f"{manifest.tenant}'s"
         )
-    if not hmac.compare_digest(str(details.get("results_sha256", "")), results):
+    if not _same_text(details.get("results_sha256"), results):
         problems.append(
             f"{REPORT_PATH}: its results are not the ones the run recorded in the audit log "
             "(results_sha256 of the anchor event differs)"
         )
-    if not hmac.compare_digest(str(details.get("findings_sha256", "")), findings):
+    if not _same_text(details.get("findings_sha256"), findings):
         problems.append(
             f"{REPORT_PATH}: its requirement findings are not the ones the run recorded in the "
             "audit log (findings_sha256 of the anchor event differs)"
         )
     recorded = details.get("integrity")
-    if not isinstance(recorded, dict) or (
-        recorded.get("ok") != integrity.get("audit_verified")
-        or recorded.get("leaves") != integrity.get("leaves")
+    if not isinstance(recorded, dict) or not (
+        _same_value(recorded.get("ok"), integrity.get("audit_verified"))
+        and _same_value(recorded.get("leaves"), integrity.get("leaves"))
     ):
         problems.append(
             f"{REPORT_PATH}: its audit integrity statement is not the one the run recorded in "
             "the audit log"
         )
+
+
+def _same_text(recorded: object, computed: str) -> bool:
+    """Whether the log recorded exactly ``computed`` (a string), compared in constant time
+    (``compare_digest`` refuses non-ASCII ``str``, so bytes are compared)."""
+    if type(recorded) is not str:
+        return False
+    return hmac.compare_digest(
+        recorded.encode("utf-8", "surrogatepass"), computed.encode("utf-8", "surrogatepass")
+    )
+
+
+def _same_value(recorded: object, stated: object) -> bool:
+    """Equal as JSON values: ``true`` is not ``1`` (Python's ``True == 1`` would say it is)."""
+    return type(recorded) is type(stated) and recorded == stated
 
 
 def digest_rows(rows: Iterable[list[Any]]) -> str:

@@ -185,10 +185,29 @@ def key_rotate(
         )
     logger.info("tenant %s: %s key rotated to version %d", tenant.slug, role, ref.version)
     if not settings.CELERY_TASK_ALWAYS_EAGER:
-        from vault.lifecycle.tasks import run_campaigns
-
-        transaction.on_commit(run_campaigns.delay)
+        transaction.on_commit(_prompt_campaigns)
     return campaign
+
+
+def _prompt_campaigns() -> None:
+    """Ask a worker to start on the new campaign now rather than at the next scheduled run.
+
+    Only a prompt: the rotation and its campaign are committed rows, and Celery beat's
+    ``run_campaigns`` drives every running campaign. So a task queue that is down must not
+    fail (or make a client retry) a rotation that happened; it only delays the rewrap.
+    """
+    from kombu.exceptions import KombuError
+    from redis.exceptions import RedisError
+
+    from vault.lifecycle.tasks import run_campaigns
+
+    try:
+        run_campaigns.delay()
+    except (KombuError, RedisError, OSError):
+        logger.warning(
+            "the task queue is unavailable: the campaign starts at the next scheduled run",
+            exc_info=True,
+        )
 
 
 def key_mark_compromised(*, tenant: Tenant, role: str = KeyRole.PRIMARY) -> Campaign:

@@ -372,11 +372,28 @@ def store_chunks(name: str, chunks: Iterable[bytes]) -> tuple[str, int]:
     source = _IterFile(chunks)
     try:
         stored = storage.save(name, source)  # type: ignore[arg-type]
+        _make_durable(storage, stored)
     except BaseException:
         if storage.exists(name):
             storage.delete(name)
         raise
     return stored, source.written
+
+
+def _make_durable(storage: Any, name: str) -> None:
+    """On a local file store, flush the body and its directory entry to the disk before the
+    caller commits the row that names it: a power cut must not leave a row without its body."""
+    try:
+        path = storage.path(name)
+    except NotImplementedError:
+        return  # a remote store: durable when its write call returns
+    with open(path, "rb") as written:
+        os.fsync(written.fileno())
+    directory = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _save_version(

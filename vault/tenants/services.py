@@ -110,7 +110,16 @@ def member_add(*, tenant: Tenant, email: str, role: str) -> tuple[Membership, bo
         tenant=tenant,
         resource_type="member",
         resource_id=user.email,
-        details={"role": role, "new_user": created},
+        details={"role": role},
+    )
+    # Whether the address had an account tells the tenant (whose owners and auditors read its
+    # log) that the person is known elsewhere, in another tenant: that goes to the platform's
+    # log only.
+    audit_record(
+        "member.add",
+        resource_type="member",
+        resource_id=user.email,
+        details={"tenant": tenant.slug, "role": role, "new_user": created},
     )
     return membership, created
 

@@ -200,7 +200,7 @@ class AuditExportView(_LogView):
 
     @extend_schema(
         parameters=TIME_FILTERS,
-        responses={(200, "application/json"): OpenApiTypes.BINARY, 404: ErrorSerializer},
+        responses={(200, "application/json"): OpenApiTypes.OBJECT, 404: ErrorSerializer},
     )
     def get(self, request: Request) -> HttpResponse:
         start, end = _when(request, "from"), _when(request, "to")

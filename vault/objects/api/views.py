@@ -15,7 +15,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from kms_plugins.errors import KeyBackendError
+from kms_plugins.errors import KeyBackendError, KeyDestroyed, KeyStateError
 from vault.api.errors import ApiError
 from vault.api.serializers import ErrorSerializer
 from vault.api.views import TenantScopedViewSet
@@ -50,13 +50,19 @@ def _api_error(exc: services.ObjectError) -> ApiError:
 
 
 def _backend_error(exc: KeyBackendError) -> ApiError:
-    error = ObjectApiError(
-        "The tenant's key backend is unavailable; try again later."
-        if exc.transient
-        else "The tenant's key backend refused the operation.",
-        code=exc.code,
-    )
-    error.status_code = 503 if exc.transient else 500
+    """The answer to a key backend's error: 503 when it may pass, 410 when the key is gone for
+    good (a crypto-shred, or a restored database older than one), 409 when the key's state
+    forbids the call (a deactivated key cannot wrap), 500 for anything else."""
+    if exc.transient:
+        message, status_code = "The tenant's key backend is unavailable; try again later.", 503
+    elif isinstance(exc, KeyDestroyed):
+        message, status_code = "The key this data was protected with was destroyed.", 410
+    elif isinstance(exc, KeyStateError):
+        message, status_code = "The key's state forbids this operation.", 409
+    else:
+        message, status_code = "The tenant's key backend refused the operation.", 500
+    error = ObjectApiError(message, code=exc.code)
+    error.status_code = status_code
     return error
 
 
@@ -184,9 +190,13 @@ class ObjectViewSet(
             OpenApiParameter("Range", str, OpenApiParameter.HEADER, description="bytes=a-b"),
         ],
         responses={
-            (200, "application/octet-stream"): OpenApiTypes.BINARY,
-            (206, "application/octet-stream"): OpenApiTypes.BINARY,
+            # Gateway objects answer in the version's own media type, client-side ones in
+            # application/octet-stream.
+            (200, "*/*"): OpenApiTypes.BINARY,
+            (206, "*/*"): OpenApiTypes.BINARY,
             404: ErrorSerializer,
+            409: ErrorSerializer,
+            410: ErrorSerializer,
             416: ErrorSerializer,
             503: ErrorSerializer,
         },
@@ -203,6 +213,7 @@ class ObjectViewSet(
             201: ObjectVersionSerializer,
             400: ErrorSerializer,
             409: ErrorSerializer,
+            410: ErrorSerializer,
             411: ErrorSerializer,
             413: ErrorSerializer,
             503: ErrorSerializer,

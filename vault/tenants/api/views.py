@@ -52,7 +52,16 @@ class TenantView(TenantScopedMixin, GenericAPIView[Any]):
     def get(self, request: Request) -> Response:
         return Response(TenantSerializer(self.tenant).data)
 
-    @extend_schema(request=TenantUpdateSerializer, responses={200: TenantSerializer})
+    @extend_schema(
+        request=TenantUpdateSerializer,
+        responses={
+            200: TenantSerializer,
+            409: OpenApiResponse(
+                response=ErrorSerializer,
+                description="Loosening the policy needs approvals (`dual_control_required`).",
+            ),
+        },
+    )
     def patch(self, request: Request) -> Response:
         """Change the tenant's settings (owners)."""
         incoming = TenantUpdateSerializer(data=request.data)
