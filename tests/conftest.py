@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,9 +48,7 @@ def _available(component: str) -> str | None:
     if component == "redis":
         return None if settings.REDIS_URL else "REDIS_URL is not set"
     if component == "tmpfs":
-        if os.geteuid() != 0 or shutil.which("mount") is None:
-            return "mounting a tmpfs needs root and mount(8)"
-        return None
+        return _tmpfs_unavailable()
     if component == "browser":
         if not os.access(CHROMIUM, os.X_OK):
             return f"{CHROMIUM} is missing (Debian package chromium)"
@@ -58,6 +58,31 @@ def _available(component: str) -> str | None:
             return f"cannot import playwright.sync_api (the dev extra): {exc}"
         return None
     return f"unknown component {component}"
+
+
+_tmpfs_reason: list[str | None] = []
+
+
+def _tmpfs_unavailable() -> str | None:
+    """None when this process can mount a tmpfs (tried once), else why not."""
+    if not _tmpfs_reason:
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            _tmpfs_reason.append("mounting a tmpfs needs root and mount(8)")
+        else:
+            probe = tempfile.mkdtemp(prefix="cvault-tmpfs-probe-")
+            tried = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if tried.returncode == 0:
+                subprocess.run(["umount", probe], check=False)
+            os.rmdir(probe)
+            _tmpfs_reason.append(
+                None if tried.returncode == 0 else f"mount -t tmpfs failed: {tried.stderr.strip()}"
+            )
+    return _tmpfs_reason[0]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

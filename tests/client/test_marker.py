@@ -255,9 +255,29 @@ class _RedisMonitor:
             self.captured += data
 
     def close(self) -> bytes:
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)  # wakes the reader's recv
         self._socket.close()
         self._thread.join(timeout=10)
         return bytes(self.captured)
+
+
+_MONITOR_ESCAPE = re.compile(rb'\\(x[0-9a-fA-F]{2}|[\\"nrtab])')
+_MONITOR_SINGLE = {b"\\": b"\\", b'"': b'"', b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+_MONITOR_SINGLE |= {b"a": b"\a", b"b": b"\b"}
+
+
+def _unescape_monitor(traffic: bytes) -> bytes:
+    """MONITOR's output with Redis's quoting undone (``\\xNN`` and the C escapes), so binary
+    values (a raw data key in a cache entry) can be searched in their own bytes."""
+
+    def one(match: re.Match[bytes]) -> bytes:
+        escape = match.group(1)
+        if escape.startswith(b"x"):
+            return bytes([int(escape[1:], 16)])
+        return _MONITOR_SINGLE[escape]
+
+    return _MONITOR_ESCAPE.sub(one, traffic)
 
 
 def _message_bodies(traffic: bytes) -> list[bytes]:
@@ -612,6 +632,7 @@ def test_the_marker_never_crosses_the_task_queue(tmp_path: Path) -> None:
     bodies = _message_bodies(traffic)
     assert bodies, "the messages' bodies were captured"
     scan.add("redis commands (MONITOR)", traffic)
+    scan.add("redis commands (MONITOR, escapes undone)", _unescape_monitor(traffic))
     for body in bodies:
         scan.add("celery message bodies (decoded)", body)
     scan.add("worker log", worker_log)
@@ -737,3 +758,21 @@ def test_no_hsm_pin_or_data_key_is_anywhere_while_the_data_exists(tmp_path: Path
     on_hsm = [h for h in found.values() if any(s.backend == "pkcs11" for s in h.stanzas)]
     assert on_hsm, "the gateway versions' keys were wrapped by the HSM and recovered through it"
     scan.assert_clean("softhsm")
+
+
+def test_the_redis_capture_is_searched_in_its_own_bytes() -> None:
+    """A binary value as MONITOR prints it (quoted, ``\\xNN`` escapes) is found once unescaped."""
+    secret = bytes(range(256))
+    quoted = b"".join(
+        b"\\\\"
+        if byte == 0x5C
+        else b'\\"'
+        if byte == 0x22
+        else bytes([byte])
+        if 0x20 <= byte < 0x7F
+        else b"\\x%02x" % byte
+        for byte in secret
+    )
+    line = b'1764250000.000000 [0 127.0.0.1:5000] "SET" "k" "' + quoted + b'"\r\n'
+    assert secret not in line
+    assert secret in _unescape_monitor(line)

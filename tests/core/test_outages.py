@@ -91,7 +91,7 @@ def test_an_outage_outside_a_view_answers_503_in_each_shape() -> None:
     assert b'"code": "database_unavailable"' in api.content
     assert page.status_code == 503
     assert b"database_unavailable" in page.content
-    assert b"Nothing was changed by this request" in page.content
+    assert b"was not stored" in page.content
 
 
 def test_a_crash_that_is_no_outage_still_answers_500() -> None:

@@ -9,11 +9,12 @@ with no restart, and everything stored before reads back.
 from __future__ import annotations
 
 import hashlib
+import http.client as http_client
 import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,5 +137,55 @@ def test_a_stopped_database_answers_503_and_the_vault_recovers_without_a_restart
         object_id = http.create("after.bin")
         assert http.call("PUT", f"/api/v1/objects/{object_id}/content/", b"after")[0] == 201
         assert http.call("GET", f"/api/v1/objects/{object_id}/content/")[2] == b"after"
+
+        # The database goes while a body is streaming in: the body reached storage, its row
+        # cannot be written, so the body is deleted and the answer is a 503.
+        before = _stored_files(data_dir)
+        status, headers, answer = _put_stopping_midway(
+            http, object_id, os.urandom(4 << 20), faults_db_cluster.stop, data_dir
+        )
+        _unavailable((status, headers, answer))
+        assert _stored_files(data_dir) == before
+        faults_db_cluster.start()
+        wait_until(
+            lambda: http.call("GET", f"/api/v1/objects/{object_id}/")[0] == 200,
+            timeout=30,
+            what="the vault to serve again",
+        )
+        status, _, meta = http.call("GET", f"/api/v1/objects/{object_id}/")
+        assert json.loads(meta)["latest_version"]["number"] == 1
+        assert http.call("GET", f"/api/v1/objects/{object_id}/content/")[2] == b"after"
     finally:
         server.stop()
+
+
+def _stored_files(data_dir: Path) -> list[str]:
+    return sorted(str(p) for p in (data_dir / "storage").rglob("*") if p.is_file())
+
+
+def _put_stopping_midway(
+    http: _Http, object_id: int, body: bytes, stop: Callable[[], None], data_dir: Path
+) -> tuple[int, dict[str, str], bytes]:
+    """PUT ``body`` in two halves, calling ``stop`` once the server is writing the first to
+    storage (past authentication and the key wrap)."""
+    before = set(_stored_files(data_dir))
+    connection = http_client.HTTPConnection(http.base.removeprefix("http://"), timeout=60)
+    try:
+        connection.putrequest("PUT", f"/api/v1/objects/{object_id}/content/")
+        connection.putheader("Authorization", f"Bearer {http.token}")
+        connection.putheader("Content-Type", "application/octet-stream")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders()
+        half = len(body) // 2
+        connection.send(body[:half])
+        wait_until(
+            lambda: bool(set(_stored_files(data_dir)) - before),
+            timeout=60,
+            what="the body to reach storage",
+        )
+        stop()
+        connection.send(body[half:])
+        response = connection.getresponse()
+        return response.status, dict(response.headers), response.read()
+    finally:
+        connection.close()

@@ -22,6 +22,8 @@ from vault.core.logging import current_request_id
 
 #: Seconds a client is told to wait (``Retry-After``) after a 503 from a view.
 UNAVAILABLE_RETRY_AFTER = 5
+#: 503s that last until someone acts; they carry no ``Retry-After``.
+LASTING_503_CODES = frozenset({"key_suspended"})
 
 
 class ApiError(exceptions.APIException):
@@ -81,9 +83,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
     if getattr(exc, "wait", None):
         headers["Retry-After"] = str(int(exc.wait))  # type: ignore[attr-defined]
-    elif exc.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
-        # Every 503 here is transient (a key backend or the audit log unavailable): say when
-        # to come back (RFC 9110, 10.2.3), as the outage middleware does for its own 503s.
+    elif (
+        exc.status_code == status.HTTP_503_SERVICE_UNAVAILABLE
+        and _code_of(exc) not in LASTING_503_CODES
+    ):
+        # A component that will come back (a key backend, the audit log): say when to try again
+        # (RFC 9110, 10.2.3), as the outage middleware does for its own 503s. A suspended key
+        # waits for an operator, so it gets no Retry-After.
         headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER)
     if isinstance(exc, exceptions.ValidationError):
         code, message, details = "invalid", "The request is not valid.", exc.detail

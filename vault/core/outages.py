@@ -2,8 +2,9 @@
 
 A request that meets an unavailable database, Redis (as cache or as task queue) or a full or
 failing storage volume answers 503 with a stable code and a ``Retry-After`` header, instead of
-a 500 that says nothing. Nothing partial is left: the database rolls the request's transaction
-back, and an object body written before the failure is deleted by ``store_chunks``. Django
+a 500 that says nothing. No partial object is left: a version's row is written only once its
+body is stored, and a body whose row could not be written is deleted (``store_chunks``,
+``_save_version``); what the request recorded before the failure (audit events) stays. Django
 reconnects to the database and redis-py to Redis on the next request, so service resumes by
 itself when the component returns.
 

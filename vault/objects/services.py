@@ -370,30 +370,38 @@ def store_chunks(name: str, chunks: Iterable[bytes]) -> tuple[str, int]:
     """
     storage = storages["default"]
     source = _IterFile(chunks)
+    stored = name
     try:
         stored = storage.save(name, source)  # type: ignore[arg-type]
         _make_durable(storage, stored)
     except BaseException:
-        if storage.exists(name):
-            storage.delete(name)
+        if storage.exists(stored):
+            storage.delete(stored)
         raise
     return stored, source.written
 
 
 def _make_durable(storage: Any, name: str) -> None:
-    """On a local file store, flush the body and its directory entry to the disk before the
-    caller commits the row that names it: a power cut must not leave a row without its body."""
+    """On a local file store, flush the body and the directory entries leading to it (which
+    ``save`` may have just made) to the disk before the caller commits the row that names it:
+    a power cut must not leave a row without its body."""
     try:
         path = storage.path(name)
+        root = os.path.realpath(storage.path(""))
     except NotImplementedError:
         return  # a remote store: durable when its write call returns
     with open(path, "rb") as written:
         os.fsync(written.fileno())
-    directory = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    directory = os.path.dirname(os.path.realpath(path))
+    while True:
+        handle = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+        if directory == root or len(directory) <= len(root):
+            break
+        directory = os.path.dirname(directory)
 
 
 def _save_version(

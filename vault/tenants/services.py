@@ -110,16 +110,10 @@ def member_add(*, tenant: Tenant, email: str, role: str) -> tuple[Membership, bo
         tenant=tenant,
         resource_type="member",
         resource_id=user.email,
+        # Not whether the address had an account: the tenant's owners and auditors read this
+        # log, and that would tell them the person is known elsewhere, in another tenant. Nor
+        # in the platform's log: compliance evidence shows every tenant that log's counts.
         details={"role": role},
-    )
-    # Whether the address had an account tells the tenant (whose owners and auditors read its
-    # log) that the person is known elsewhere, in another tenant: that goes to the platform's
-    # log only.
-    audit_record(
-        "member.add",
-        resource_type="member",
-        resource_id=user.email,
-        details={"tenant": tenant.slug, "role": role, "new_user": created},
     )
     return membership, created
 
