@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 import redis
+from kombu import pools as kombu_pools
 
 from tests.core.helpers import free_port, wait_until
 from tests.core.test_serve import Server
@@ -652,6 +653,9 @@ def faults_queue_split_redis(
     def fresh_pools() -> None:
         if app._pool is not None:
             app._pool.force_close_all()
+        # kombu keeps producer pools in a global registry keyed by broker URL; one left there
+        # would hand later tests (back on the original URL) a pool whose connections are closed.
+        kombu_pools.reset()
         app._pool = None
         app.amqp._producer_pool = None
         app._backend_cache = None
