@@ -36,7 +36,6 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import pools as kombu_pools
 
 from tests.core.helpers import free_port, wait_until
 from tests.core.test_serve import Server
@@ -649,27 +648,39 @@ def faults_queue_split_redis(
     }
     names = ("broker_url", "result_backend", "task_always_eager")
     before = {name: app.conf[name] for name in names}
+    # The app's connection pool, its AMQP helper (producer pool, queues bound to channels) and
+    # its result backend are set aside whole and put back afterwards, untouched: closing or
+    # resetting them would hand later tests in this process closed pools or channels bound to
+    # this test's servers. The test gets fresh ones, closed at the end.
+    kept_pool, kept_amqp = app._pool, app.__dict__.get("amqp")
+    kept_backend_cache, kept_backend = app._backend_cache, app._local.__dict__.get("backend")
 
-    def fresh_pools() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
-        # kombu keeps producer pools in a global registry keyed by broker URL; one left there
-        # would hand later tests (back on the original URL) a pool whose connections are closed.
-        kombu_pools.reset()
+    def set_aside() -> None:
         app._pool = None
-        app.amqp._producer_pool = None
+        app.__dict__.pop("amqp", None)
         app._backend_cache = None
         app._local.__dict__.pop("backend", None)
 
     try:
         app.conf.update(broker_url=queue.url, result_backend=queue.url, task_always_eager=False)
-        fresh_pools()
+        set_aside()
         yield cache, queue
     finally:
         queue.close()
         cache.close()
+        if app._pool is not None:
+            app._pool.force_close_all()
+        test_amqp = app.__dict__.get("amqp")
+        if test_amqp is not None and test_amqp._producer_pool is not None:
+            test_amqp._producer_pool.force_close_all()
         app.conf.update(before)
-        fresh_pools()
+        set_aside()
+        app._pool = kept_pool
+        if kept_amqp is not None:
+            app.__dict__["amqp"] = kept_amqp
+        app._backend_cache = kept_backend_cache
+        if kept_backend is not None:
+            app._local.backend = kept_backend
 
 
 def _queued(queue: PrivateRedis) -> int:
