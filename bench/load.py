@@ -60,7 +60,6 @@ import random
 import resource
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -73,7 +72,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _processes import ROOT, free_port, manage, stop_group
+
 KIB = 1024
 MIB = 1024 * KIB
 API = "/api/v1"
@@ -94,12 +94,6 @@ STARTED = time.monotonic()
 
 def progress(message: str) -> None:
     print(f"[{time.monotonic() - STARTED:6.1f} s] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -230,20 +224,6 @@ print(out.getvalue().strip())
 """
 
 
-def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(  # noqa: S603
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result.stdout
-
-
 class Process:
     """A child in its own session, its output in a file; stopped with its whole group."""
 
@@ -274,15 +254,7 @@ class Process:
             raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.tail()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_group(self.process)
 
 
 def wait_ready(server: Process, port: int, timeout: float = 90.0) -> None:

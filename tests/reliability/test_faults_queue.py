@@ -171,7 +171,9 @@ def _control(redis_server: PrivateRedis, command: str, worker: Celery) -> bool:
     of its own; whether the worker acknowledged it."""
     from celery import Celery as CeleryApp
 
-    control = CeleryApp("faults-queue-control", broker=redis_server.url)
+    # Not the current app: shared tasks (the product's) and ``celery.current_app`` would follow
+    # it, to this private Redis, for the rest of the process.
+    control = CeleryApp("faults-queue-control", broker=redis_server.url, set_as_current=False)
     try:
         with control.connection_for_write() as connection:
             send = getattr(control.control, command)
