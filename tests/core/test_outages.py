@@ -65,6 +65,18 @@ def test_a_cause_deep_in_the_chain_is_found() -> None:
     assert outage.code == "storage_full"
 
 
+def test_a_context_hidden_with_from_none_is_not_followed() -> None:
+    def translate() -> None:
+        try:
+            raise OSError(errno.ENOSPC, "full")
+        except OSError:
+            raise ValueError("translated on purpose") from None
+
+    with pytest.raises(ValueError, match="translated") as caught:
+        translate()
+    assert outage_of(caught.value) is None
+
+
 @pytest.mark.parametrize(
     "failure",
     [

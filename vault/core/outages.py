@@ -55,7 +55,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        # ``raise ... from None`` hides the context on purpose: a deliberate translation.
+        context = None if current.__suppress_context__ else current.__context__
+        current = current.__cause__ or context
 
 
 def _classify(exc: BaseException) -> Outage | None:

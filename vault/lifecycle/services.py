@@ -196,14 +196,14 @@ def _prompt_campaigns() -> None:
     ``run_campaigns`` drives every running campaign. So a task queue that is down must not
     fail (or make a client retry) a rotation that happened; it only delays the rewrap.
     """
-    from kombu.exceptions import KombuError
-    from redis.exceptions import RedisError
-
+    from vault.core.outages import outage_of
     from vault.lifecycle.tasks import run_campaigns
 
     try:
         run_campaigns.delay()
-    except (KombuError, RedisError, OSError):
+    except Exception as exc:
+        if outage_of(exc) is None:
+            raise
         logger.warning(
             "the task queue is unavailable: the campaign starts at the next scheduled run",
             exc_info=True,
